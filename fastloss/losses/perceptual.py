@@ -1,0 +1,153 @@
+r"""Perceptual (feature-matching) loss on frozen torchvision backbones.
+
+.. math::
+
+    L(x, y) = \sum_{l \in \text{layers}} w_l \, \frac{1}{C_l H_l W_l} \left\| \phi_l(x) - \phi_l(y) \right\|_p^p
+
+with :math:`\phi_l` the activation of layer :math:`l` of an ImageNet backbone on ImageNet-normalised
+input and :math:`p = 1` (``"l1"``) or :math:`p = 2` (``"l2"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_choice, check_images, check_input_range, check_reduction, reduce_loss, upcast
+from ._backbones import FeatureExtractor, WeightsArg, named_stages, torchvision_model
+
+__all__ = ["BACKBONES", "PerceptualLoss"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DISTANCES = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    layers: tuple[str, ...]
+    layer_weights: tuple[float, ...]
+
+
+BACKBONES = {
+    "vgg19": BackboneSpec(
+        ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    ),
+    "vgg16": BackboneSpec(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), (1.0, 1.0, 1.0, 1.0)),
+    "resnet18": BackboneSpec(("layer1", "layer2", "layer3", "layer4"), (1.0, 1.0, 1.0, 1.0)),
+}
+
+
+def to_unit_range(x: Tensor, input_range: tuple[float, float]) -> Tensor:
+    """Map ``x`` from ``input_range`` to [0, 1] and repeat a single channel to three."""
+    low, high = input_range
+    if (low, high) != (0.0, 1.0):
+        x = (x - low) / (high - low)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def feature_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
+    """Per-sample mean distance between two feature maps, computed in at least float32: shape ``(B,)``."""
+    diff = upcast(a) - upcast(b)
+    per = diff.abs() if distance == "l1" else diff.square()
+    return per.flatten(1).mean(1)
+
+
+class PerceptualLoss(nn.Module):
+    r"""Perceptual loss on a frozen VGG16/VGG19/ResNet18 backbone from torchvision.
+
+    Args:
+        backbone: ``"vgg19"`` (taps relu1_1..relu5_1, weights 1/32, 1/16, 1/8, 1/4, 1), ``"vgg16"``
+            (relu1_2, relu2_2, relu3_3, relu4_3, equal weights) or ``"resnet18"`` (layer1..layer4, equal).
+        layers: tap names (e.g. ``"relu3_1"``, ``"conv4_2"``, ``"layer2"``); default the backbone's.
+        layer_weights: one weight per layer; default the backbone's (equal weights for custom layers).
+        distance: ``"l1"`` or ``"l2"`` between feature maps.
+        input_range: pixel range of ``input``/``target``, e.g. ``(0, 1)`` or ``(-1, 1)``.
+        weights: ``"DEFAULT"`` (torchvision ImageNet weights, downloaded by torchvision), ``None`` (random
+            init: tests and offline benchmarks), a weight name, or a path to a local ``.pth`` state dict.
+        reduction: ``"mean"`` | ``"sum"`` over the batch, or ``"none"`` for a ``(B,)`` tensor.
+        channels_last: run the backbone in ``torch.channels_last`` memory format (faster convolutions
+            on recent GPUs and with AMP).
+
+    The backbone is truncated after the last used tap, frozen and kept in eval mode; target features
+    are computed under ``no_grad``. ImageNet mean/std are buffers.
+
+    Shape:
+        - input, target: :math:`(B, C, H, W)` with :math:`C \in \{1, 3\}`.
+        - output: scalar, or :math:`(B,)` with ``reduction="none"``.
+
+    Example:
+        >>> loss = PerceptualLoss("vgg16", weights=None)  # random init: no download
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> loss(x, x).item()
+        0.0
+    """
+
+    preset_kind = "perceptual"
+
+    def __init__(
+        self,
+        backbone: str = "vgg19",
+        layers: Sequence[str] | None = None,
+        layer_weights: Sequence[float] | None = None,
+        distance: str = "l1",
+        input_range: tuple[float, float] = (0, 1),
+        weights: WeightsArg = "DEFAULT",
+        reduction: str = "mean",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        check_choice("backbone", backbone, list(BACKBONES))
+        check_choice("distance", distance, DISTANCES)
+        check_reduction(reduction)
+        spec = BACKBONES[backbone]
+        if isinstance(layers, str):
+            raise TypeError(f"`layers` must be a sequence of layer names, got the string {layers!r}")
+        layers = spec.layers if layers is None else tuple(layers)
+        if not layers:
+            raise ValueError("`layers` must name at least one layer, got an empty sequence")
+        if layer_weights is None:
+            layer_weights = spec.layer_weights if layers == spec.layers else (1.0,) * len(layers)
+        if len(layer_weights) != len(layers):
+            raise ValueError(
+                f"`layer_weights` must have one weight per layer ({len(layers)}), got {len(layer_weights)}"
+            )
+        self.backbone_name = backbone
+        self.layers = layers
+        self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.distance = distance
+        self.input_range = check_input_range(input_range)
+        self.reduction = reduction
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        model = torchvision_model(backbone, weights)
+        self.features = FeatureExtractor(named_stages(backbone, model), layers)
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        x = (to_unit_range(x, self.input_range) - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.features(x)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        input, target = check_images(input, target)
+        with torch.no_grad():
+            target_feats = self._features(target)
+        input_feats = self._features(input)
+        per_sample = sum(
+            w * feature_distance(a, b, self.distance)
+            for w, a, b in zip(self.layer_weights, input_feats, target_feats, strict=True)
+        )
+        return reduce_loss(per_sample, self.reduction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"backbone={self.backbone_name!r}, layers={self.layers}, distance={self.distance!r}, "
+            f"input_range={self.input_range}, reduction={self.reduction!r}"
+        )
