@@ -1,8 +1,25 @@
 """fastloss: make expensive training losses cheap, and measure what it costs in accuracy."""
 
-from . import functional
+from . import functional, schedules
 from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
+from .presets import list_presets, preset, register_preset
+from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper, ScheduledWeight
 
 __version__ = "0.1.0"
 
-__all__ = ["LPIPSLoss", "PerceptualLoss", "TopologicalLoss", "functional"]
+__all__ = [
+    "AMPLoss",
+    "CachedPH",
+    "DownsampledLoss",
+    "IntervalLoss",
+    "LPIPSLoss",
+    "LossWrapper",
+    "PerceptualLoss",
+    "ScheduledWeight",
+    "TopologicalLoss",
+    "functional",
+    "list_presets",
+    "preset",
+    "register_preset",
+    "schedules",
+]

@@ -1,0 +1,10 @@
+"""Composable wrappers: each takes a loss module and is itself a loss module, so they nest."""
+
+from .amp import AMPLoss
+from .base import LossWrapper
+from .cached_ph import CachedPH
+from .downsampled import DownsampledLoss
+from .interval import IntervalLoss
+from .scheduled import ScheduledWeight
+
+__all__ = ["AMPLoss", "CachedPH", "DownsampledLoss", "IntervalLoss", "LossWrapper", "ScheduledWeight"]

@@ -1,0 +1,306 @@
+"""CachedPH: cache persistent homology across visits of the same training sample.
+
+Two caches, both LRU and bounded by ``max_entries``, keyed by a content hash of the target map (the
+same sample comes back every epoch, with the same mask):
+
+- **exact part**: the target's Betti numbers. Masks do not change, so this never changes the loss.
+- **approximate part**: the prediction's pairing (which pixels are births/deaths, and which bars are
+  kept or removed). It is reused for the next ``refresh_every - 1`` visits of that map; the loss is
+  then evaluated by gathering the *current* prediction at the cached pixels, which is cheap. The
+  values are current, only the pairing is stale. ``refresh_every=1`` is exact.
+
+With ``refresh="async"`` a stale entry is refreshed in a background thread on a detached copy of the
+prediction while training goes on, and the next visit of that map uses the result (waiting for it if
+needed, so results depend only on the order of visits, never on thread timing).
+
+Training steps use the caches; eval mode and ``torch.no_grad()`` compute the prediction's pairing
+exactly (only the exact target cache is used), so validation numbers are exact.
+
+Samples are recognised by their target mask alone: two samples with identical masks (e.g. two empty
+masks) share one pairing entry. That only makes the approximate part coarser; the exact part is
+unaffected.
+
+Both caches are saved in ``state_dict`` (as tensors, via ``get_extra_state``), so a resumed run
+continues bitwise like an uninterrupted one; a pending async refresh is completed before saving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._validation import check_choice, check_positive_int, reduce_loss
+from ..losses.topological import (
+    BarSelection,
+    TopologicalLoss,
+    betti_numbers,
+    persistence_diagram,
+    run_per_map,
+    select_bars,
+    selection_loss,
+)
+from .base import LossWrapper
+
+__all__ = ["CachedPH"]
+
+REFRESH_MODES = ("sync", "async")
+_FIELDS = ("keep_birth", "keep_death", "drop_birth", "drop_death")
+
+
+@dataclass
+class _Pairing:
+    selection: BarSelection
+    uses: int  # visits served by this pairing so far
+
+
+def _fresh_selection(f: np.ndarray, betti: tuple[int, ...], dims, construction: str) -> BarSelection:
+    return select_bars(persistence_diagram(f, construction), betti, dims, f.shape)
+
+
+def _shutdown(executor: ThreadPoolExecutor) -> None:
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+class CachedPH(LossWrapper):
+    r"""Cache a :class:`~fastloss.TopologicalLoss`'s persistent homology across visits of a sample.
+
+    See the module docstring for what is cached and when the result is exact.
+
+    Args:
+        loss: a :class:`fastloss.TopologicalLoss` (any other loss is a ``TypeError``).
+        refresh_every: recompute a map's pairing on one visit in ``refresh_every`` (1 = exact).
+        max_entries: bound of each cache (LRU eviction beyond it).
+        refresh: ``"sync"`` (recompute in the call) or ``"async"`` (recompute in a background thread,
+            used at the next visit).
+
+    Counters (:meth:`cache_info`): ``hits`` (pairing reused), ``misses`` (first visit of a map),
+    ``refreshes`` (pairing recomputed), ``exact`` (eval-mode computations), ``target_hits`` /
+    ``target_misses`` (Betti numbers), ``evictions``, ``entries``.
+
+    Example:
+        >>> from fastloss import TopologicalLoss
+        >>> target = torch.zeros(2, 1, 16, 16); target[0, :, 4:12, 4:12] = 1; target[1, :, 2:6, 2:6] = 1
+        >>> loss = CachedPH(TopologicalLoss(), refresh_every=3)
+        >>> pred = torch.full_like(target, 0.5).requires_grad_()
+        >>> for _ in range(3):
+        ...     _ = loss(pred, target)
+        >>> loss.cache_info()["misses"], loss.cache_info()["hits"], loss.cache_info()["target_hits"]
+        (2, 4, 4)
+    """
+
+    def __init__(
+        self,
+        loss: TopologicalLoss,
+        refresh_every: int = 5,
+        max_entries: int = 4096,
+        refresh: str = "sync",
+    ) -> None:
+        if not isinstance(loss, TopologicalLoss):
+            raise TypeError(
+                f"`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), "
+                f"got {type(loss).__name__}"
+            )
+        if loss.config.betti is not None:
+            raise ValueError("CachedPH needs target masks to recognise samples; a `betti` prior has none")
+        super().__init__(loss)
+        self.refresh_every = check_positive_int("refresh_every", refresh_every)
+        self.max_entries = check_positive_int("max_entries", max_entries)
+        check_choice("refresh", refresh, REFRESH_MODES)
+        self.refresh = refresh
+        self._reset_runtime()
+        self.clear()
+
+    # --- cache bookkeeping --------------------------------------------------------------------
+    def _reset_runtime(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._pending: dict[str, Future] = {}
+
+    def clear(self) -> None:
+        """Empty both caches and zero the counters."""
+        self.wait()
+        self._betti: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._pairings: OrderedDict[str, _Pairing] = OrderedDict()
+        self._stats = dict.fromkeys(
+            ("hits", "misses", "refreshes", "exact", "target_hits", "target_misses", "evictions"), 0
+        )
+
+    def cache_info(self) -> dict[str, int]:
+        return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._betti)}
+
+    def _put(self, cache: OrderedDict, key: str, value: object) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self.max_entries:
+            old, _ = cache.popitem(last=False)
+            self._stats["evictions"] += 1
+            if cache is self._pairings and old in self._pending:
+                self._pending.pop(old).cancel()
+
+    def _key(self, mask: np.ndarray) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((mask.shape, self.loss.config.construction)).encode())
+        h.update(np.ascontiguousarray(mask).tobytes())
+        return h.hexdigest()
+
+    # --- background refresh -------------------------------------------------------------------
+    def _submit(self, *args) -> Future:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastloss-cachedph")
+            self._finalizer = weakref.finalize(self, _shutdown, self._executor)
+        return self._executor.submit(_fresh_selection, *args)
+
+    def wait(self) -> None:
+        """Finish pending background refreshes (their results are kept for the next visit)."""
+        for future in list(getattr(self, "_pending", {}).values()):
+            future.result()
+
+    def close(self) -> None:
+        """Stop the background thread (also done automatically when the object is collected)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._reset_runtime()
+
+    # --- the loss -----------------------------------------------------------------------------
+    def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
+        cfg = self.loss.config
+        input, target = cfg.check(input, target)
+        f = cfg.filtration(input)
+        spatial = tuple(f.shape[1:])
+        dims = cfg.dims_for(len(spatial))
+        f_np = f.detach().to("cpu", torch.float64).numpy()
+        masks = target.detach().reshape(f.shape).to("cpu", torch.uint8).numpy()
+        keys = [self._key(m) for m in masks]
+        bettis = self._target_betti(keys, masks)
+
+        if not self.counting:  # validation: exact pairing, caches untouched
+            self._stats["exact"] += len(keys)
+            fresh = self._compute(f_np, bettis, dims, range(len(keys)))
+            selections = [fresh[i] for i in range(len(keys))]
+        else:
+            selections = self._plan(keys, f_np, bettis, dims)
+        per_map = selection_loss(f, selections).reshape(input.shape[:2])
+        return reduce_loss(per_map, cfg.reduction)
+
+    def _compute(self, f_np, bettis, dims, which) -> dict[int, BarSelection]:
+        """Fresh pairings for maps ``which``, computed in the loss's thread pool."""
+        which = list(which)
+        cfg = self.loss.config
+        out = run_per_map(
+            lambda j: _fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction),
+            len(which), cfg.workers, "persistent homology",
+        )
+        return dict(zip(which, out, strict=True))
+
+    def _target_betti(self, keys: list[str], masks: np.ndarray) -> list[tuple[int, ...]]:
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in self._betti}.values())
+        self._stats["target_misses"] += len(missing)
+        self._stats["target_hits"] += len(keys) - len(missing)
+        computed = run_per_map(
+            lambda j: betti_numbers(masks[missing[j]], self.loss.config.construction),
+            len(missing), self.loss.config.workers, "target persistent homology",
+        ) if missing else []
+        found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
+        for key, betti in found.items():
+            self._put(self._betti, key, betti)
+        result = []
+        for key in keys:
+            betti = found.get(key) or self._betti[key]
+            if key in self._betti:
+                self._betti.move_to_end(key)
+            result.append(betti)
+        return result
+
+    def _record(self, key: str, selection: BarSelection) -> None:
+        self._stats["misses" if key not in self._pairings else "refreshes"] += 1
+        self._put(self._pairings, key, _Pairing(selection, 1))
+
+    def _plan(self, keys, f_np, bettis, dims) -> list[BarSelection]:
+        """Decide per map: reuse the cached pairing, take a finished async refresh, or compute now."""
+        chosen: dict[int, BarSelection] = {}
+        compute_now: list[int] = []
+        for i, key in enumerate(keys):
+            entry = self._pairings.get(key)
+            if entry is None:
+                compute_now.append(i)
+            elif key in self._pending:
+                chosen[i] = self._pending.pop(key).result()
+                self._stats["refreshes"] += 1
+                self._put(self._pairings, key, _Pairing(chosen[i], 1))
+            elif entry.uses < self.refresh_every:
+                chosen[i] = entry.selection
+                entry.uses += 1
+                self._stats["hits"] += 1
+                self._pairings.move_to_end(key)
+                if self.refresh == "async" and entry.uses == self.refresh_every:
+                    args = (f_np[i].copy(), bettis[i], dims, self.loss.config.construction)
+                    self._pending[key] = self._submit(*args)
+            else:
+                compute_now.append(i)
+        if compute_now:
+            fresh = self._compute(f_np, bettis, dims, compute_now)
+            for i in compute_now:
+                chosen[i] = fresh[i]
+                self._record(keys[i], fresh[i])
+        return [chosen[i] for i in range(len(keys))]
+
+    # --- state --------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        self.wait()
+        pending = {k: f.result() for k, f in self._pending.items()}
+
+        def pack(sel: BarSelection) -> list[Tensor]:
+            return [torch.from_numpy(getattr(sel, name).copy()) for name in _FIELDS]
+
+        return {
+            "refresh_every": self.refresh_every,
+            "max_entries": self.max_entries,
+            "refresh": self.refresh,
+            "betti": [(k, list(v)) for k, v in self._betti.items()],
+            "pairings": [(k, pack(p.selection), p.uses) for k, p in self._pairings.items()],
+            "pending": [(k, pack(s)) for k, s in pending.items()],
+            "stats": dict(self._stats),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.close()
+        self.refresh_every = state["refresh_every"]
+        self.max_entries = state["max_entries"]
+        self.refresh = state["refresh"]
+
+        def unpack(tensors: list[Tensor]) -> BarSelection:
+            return BarSelection(*(t.numpy().astype(np.int64) for t in tensors))
+
+        self._betti = OrderedDict((k, tuple(v)) for k, v in state["betti"])
+        self._pairings = OrderedDict((k, _Pairing(unpack(t), uses)) for k, t, uses in state["pairings"])
+        for key, tensors in state["pending"]:
+            done: Future = Future()
+            done.set_result(unpack(tensors))
+            self._pending[key] = done
+        self._stats = dict(state["stats"])
+
+    def __getstate__(self) -> dict:
+        # threads and futures do not copy or pickle: keep finished results, rebuild the rest lazily
+        self.wait()
+        state = self.__dict__.copy()
+        state.update(_executor=None, _finalizer=None, _pending={k: f.result() for k, f in self._pending.items()})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        pending = state.pop("_pending", {})
+        super().__setstate__(state)
+        self._pending = {}
+        for key, selection in pending.items():
+            done: Future = Future()
+            done.set_result(selection)
+            self._pending[key] = done
+
+    def extra_repr(self) -> str:
+        return f"refresh_every={self.refresh_every}, max_entries={self.max_entries}, refresh={self.refresh!r}"

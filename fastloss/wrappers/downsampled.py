@@ -1,0 +1,111 @@
+"""DownsampledLoss: evaluate a loss on downsampled input and target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_choice, check_ndim
+from .base import LossWrapper
+
+__all__ = ["DownsampledLoss"]
+
+MODES = ("area", "bilinear", "max")
+
+
+def _per_dim(name: str, value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ValueError(f"`{name}` must be a positive int or {n} positive ints, got {value!r}")
+    return values
+
+
+class DownsampledLoss(LossWrapper):
+    r"""Evaluate ``loss`` on ``input`` and ``target`` downsampled by ``factor`` (or to ``size``).
+
+    The gradient flows back to full resolution through the resampling. Works for 2D
+    :math:`(B, C, H, W)` and 3D :math:`(B, C, D, H, W)` inputs.
+
+    Args:
+        loss: the loss to wrap.
+        factor: downsampling factor, an int or one per spatial dimension (default 2). A trailing
+            partial window is kept (``ceil``), so no border structure is dropped.
+        size: output spatial size instead of ``factor``.
+        mode: ``"area"`` (average pooling; images), ``"bilinear"`` (bilinear/trilinear interpolation)
+            or ``"max"`` (max pooling; for topology: keeps thin foreground connected; the target mask is
+            max-pooled too so it stays binary).
+        antialias: low-pass before bilinear downsampling (2D only; torch has no 3D antialias).
+
+    Example:
+        >>> loss = DownsampledLoss(torch.nn.MSELoss(), factor=2)
+        >>> loss(torch.ones(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)).item()
+        1.0
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        factor: int | Sequence[int] | None = None,
+        size: Sequence[int] | None = None,
+        mode: str = "area",
+        antialias: bool = True,
+    ) -> None:
+        super().__init__(loss)
+        check_choice("mode", mode, MODES)
+        if factor is not None and size is not None:
+            raise ValueError(f"give either `factor` or `size`, not both (got factor={factor!r}, size={size!r})")
+        self.factor = 2 if factor is None and size is None else factor
+        self.size = None if size is None else tuple(size)
+        self.mode = mode
+        self.antialias = antialias
+        if self.factor is not None:
+            _per_dim("factor", self.factor, 1 if isinstance(self.factor, int) else len(self.factor))
+        else:
+            _per_dim("size", self.size, len(self.size))
+
+    def output_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The spatial size the wrapped loss sees for an input of spatial size ``spatial``."""
+        n = len(spatial)
+        if self.size is not None:
+            size = _per_dim("size", self.size, n)
+            if any(s > t for s, t in zip(size, spatial, strict=True)):
+                raise ValueError(f"`size` {size} must not exceed the input's spatial size {tuple(spatial)}")
+            return size
+        factor = _per_dim("factor", self.factor, n)
+        if any(s < k for s, k in zip(spatial, factor, strict=True)):
+            raise ValueError(
+                f"`input` spatial size {tuple(spatial)} is too small to downsample by factor {factor}: "
+                "every spatial dimension must be at least the factor"
+            )
+        return tuple(math.ceil(s / k) for s, k in zip(spatial, factor, strict=True))
+
+    def resize(self, x: Tensor, size: tuple[int, ...]) -> Tensor:
+        n = len(size)
+        if not x.is_floating_point():
+            x = x.float()
+        if self.mode == "bilinear":
+            if n == 3 and self.antialias:
+                raise ValueError("`antialias=True` is not supported for 3D inputs; use antialias=False or mode='area'")
+            mode = "bilinear" if n == 2 else "trilinear"
+            return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=self.antialias and n == 2)
+        if self.size is not None:
+            pool = {("area", 2): F.adaptive_avg_pool2d, ("area", 3): F.adaptive_avg_pool3d,
+                    ("max", 2): F.adaptive_max_pool2d, ("max", 3): F.adaptive_max_pool3d}[self.mode, n]
+            return pool(x, size)
+        factor = _per_dim("factor", self.factor, n)
+        pool = {("area", 2): F.avg_pool2d, ("area", 3): F.avg_pool3d,
+                ("max", 2): F.max_pool2d, ("max", 3): F.max_pool3d}[self.mode, n]
+        return pool(x, factor, factor, ceil_mode=True)
+
+    def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
+        check_ndim("input", input, (4, 5), "B, C, H, W or B, C, D, H, W")
+        size = self.output_size(input.shape[2:])
+        small_target = None if target is None else self.resize(target, size)
+        return self.loss(self.resize(input, size), small_target)
+
+    def extra_repr(self) -> str:
+        how = f"size={self.size}" if self.size is not None else f"factor={self.factor}"
+        return f"{how}, mode={self.mode!r}, antialias={self.antialias}"
