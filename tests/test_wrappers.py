@@ -1,0 +1,502 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ring, soft_prediction
+from torch import nn
+
+import fastloss
+from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
+from fastloss.losses import topological as topo
+
+
+class CountingLoss(nn.Module):
+    """MSE that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, input, target):
+        self.calls += 1
+        return F.mse_loss(input, target)
+
+
+def batch(seed=0, shape=(2, 1, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g).requires_grad_(), torch.rand(shape, generator=g)
+
+
+class TestIntervalLoss:
+    def test_every_four_calls_twice_in_eight_steps_with_gain(self):
+        inner = CountingLoss()
+        loss = IntervalLoss(inner, every=4)
+        x, y = batch()
+        values = [loss(x, y) for _ in range(8)]
+        assert inner.calls == 2
+        exact = F.mse_loss(x, y)
+        for step, v in enumerate(values):
+            assert torch.allclose(v, 4 * exact if step % 4 == 0 else torch.zeros(()))
+        assert int(loss.step) == 8
+
+    def test_skipped_zero_backpropagates(self):
+        loss = IntervalLoss(CountingLoss(), every=2)
+        x, y = batch()
+        loss(x, y)
+        skipped = loss(x, y)
+        skipped.backward()
+        assert skipped.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+
+    def test_skipped_zero_is_finite_for_nan_input(self):
+        loss = IntervalLoss(CountingLoss(), every=2, offset=1)
+        x = torch.full((1, 1, 4, 4), float("nan"), requires_grad=True)
+        out = loss(x, torch.zeros(1, 1, 4, 4))
+        out.backward()
+        assert out.item() == 0.0 and torch.isfinite(x.grad).all()
+
+    def test_offset_and_no_compensation(self):
+        inner = CountingLoss()
+        loss = IntervalLoss(inner, every=3, offset=2, compensate=False)
+        x, y = batch()
+        computed = [loss(x, y).item() != 0 for _ in range(6)]
+        assert computed == [False, False, True, False, False, True]
+        assert loss(x, y).item() == 0 and torch.isclose(IntervalLoss(CountingLoss(), 3, False)(x, y), F.mse_loss(x, y))
+
+    def test_eval_and_no_grad_compute_every_call_with_gain_one(self):
+        inner = CountingLoss()
+        loss = IntervalLoss(inner, every=4)
+        x, y = batch()
+        loss.eval()
+        assert all(torch.allclose(loss(x, y), F.mse_loss(x, y)) for _ in range(3))
+        loss.train()
+        with torch.no_grad():
+            assert all(torch.allclose(loss(x, y), F.mse_loss(x, y)) for _ in range(3))
+        assert inner.calls == 6 and int(loss.step) == 0
+
+    @pytest.mark.parametrize("kwargs, error, message", [
+        ({"every": 0}, ValueError, "`every` must be >= 1, got 0"),
+        ({"every": 2.0}, TypeError, "`every` must be an int, got float"),
+        ({"every": 2, "offset": 2}, ValueError, "`offset` must be an int in [0, 1], got 2"),
+    ])
+    def test_bad_arguments(self, kwargs, error, message):
+        with pytest.raises(error) as info:
+            IntervalLoss(CountingLoss(), **kwargs)
+        assert message in str(info.value)
+
+    def test_non_module_loss(self):
+        with pytest.raises(TypeError, match="`loss` must be an nn.Module .* got function"):
+            IntervalLoss(F.mse_loss)
+
+
+class TestScheduledWeight:
+    def test_weight_zero_never_calls(self):
+        inner = CountingLoss()
+        loss = ScheduledWeight(inner, schedules.delayed(start=3))
+        x, y = batch()
+        values = [loss(x, y) for _ in range(5)]
+        assert inner.calls == 2
+        assert [v.item() == 0 for v in values] == [True, True, True, False, False]
+        assert torch.allclose(values[-1], F.mse_loss(x, y))
+
+    def test_weight_multiplies(self):
+        loss = ScheduledWeight(CountingLoss(), schedules.linear_warmup(4))
+        x, y = batch()
+        values = [loss(x, y) for _ in range(6)]
+        for step, v in enumerate(values):
+            assert torch.allclose(v, min(step / 4, 1.0) * F.mse_loss(x, y))
+
+    def test_epochs(self):
+        s = schedules.delayed(start=60, steps_per_epoch=18)
+        assert s(60 * 18 - 1) == 0.0 and s(60 * 18) == 1.0
+        c = schedules.cosine_decay(total=10, steps_per_epoch=2)
+        assert c(0) == 1.0 and c(10) == pytest.approx(0.5) and c(20) == pytest.approx(0.0) and c(99) == pytest.approx(0.0)
+        p = schedules.piecewise([1, 2], [0.0, 0.5, 1.0], steps_per_epoch=10)
+        assert (p(9), p(10), p(25)) == (0.0, 0.5, 1.0)
+        assert schedules.constant(0.3)(12345) == 0.3
+
+    def test_bad_schedule_values(self):
+        x, y = batch()
+        with pytest.raises(ValueError, match=r"`schedule\(0\)` must return a finite, non-negative weight, got -1.0"):
+            ScheduledWeight(CountingLoss(), lambda s: -1)(x, y)
+        with pytest.raises(TypeError, match=r"`schedule\(0\)` must return a number, got str"):
+            ScheduledWeight(CountingLoss(), lambda s: "one")(x, y)
+        with pytest.raises(TypeError, match="`schedule` must be callable"):
+            ScheduledWeight(CountingLoss(), 1.0)
+
+    @pytest.mark.parametrize("call, message", [
+        (lambda: schedules.piecewise([1, 2], [1.0]), "`values` must have len(boundaries) + 1 = 3 entries, got 1"),
+        (lambda: schedules.piecewise([2, 1], [0, 1, 2]), "`boundaries` must be increasing"),
+        (lambda: schedules.delayed(-1), "`start` must be a finite number >= 0.0, got -1"),
+        (lambda: schedules.constant(float("nan")), "`value` must be a finite number"),
+        (lambda: schedules.cosine_decay(0), "`total` must be > 0"),
+        (lambda: schedules.delayed(1, steps_per_epoch=0), "`steps_per_epoch` must be a positive int, got 0"),
+    ])
+    def test_bad_schedules(self, call, message):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert message in str(info.value)
+
+
+class TestAMPLoss:
+    def test_float32_close_to_fp32_perceptual(self):
+        torch.manual_seed(0)
+        ref = fastloss.PerceptualLoss("vgg16", weights=None)
+        x, y = batch(shape=(2, 3, 32, 32))
+        out = AMPLoss(ref)(x, y)
+        assert out.dtype == torch.float32
+        assert torch.allclose(out, ref(x, y), rtol=5e-2)
+        out.backward()
+        assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+    def test_default_dtypes(self):
+        loss = AMPLoss(CountingLoss())
+        assert loss.autocast_dtype(torch.device("cpu")) == torch.bfloat16
+        assert loss.autocast_dtype(torch.device("cuda")) == torch.float16
+        assert AMPLoss(CountingLoss(), dtype=torch.float16).autocast_dtype(torch.device("cpu")) == torch.float16
+
+    @pytest.mark.parametrize("images", ["zeros", "equal", "constant"])
+    def test_lpips_fp16_normalize_trap(self, images):
+        """lpips' eps=1e-10 vanishes in float16: all-zero features give 0/0. Ours stays finite."""
+        loss = AMPLoss(fastloss.LPIPSLoss(backbone_weights=None), dtype=torch.float16)
+        x = {"zeros": torch.zeros(1, 3, 32, 32), "equal": torch.rand(1, 3, 32, 32),
+             "constant": torch.full((1, 3, 32, 32), 0.5)}[images]
+        y = x.clone() if images != "zeros" else torch.zeros(1, 3, 32, 32)
+        x.requires_grad_()
+        out = loss(x, y)
+        out.backward()
+        assert torch.isfinite(out) and out.item() == pytest.approx(0.0, abs=1e-6)
+        assert torch.isfinite(x.grad).all()
+
+    def test_grad_scaler(self):
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 3, 3, padding=1)
+        loss = AMPLoss(fastloss.PerceptualLoss("vgg16", layers=["relu2_2"], weights=None))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        x, y = batch(shape=(1, 3, 16, 16))
+        before = model.weight.detach().clone()
+        value = loss(model(x.detach()), y)
+        scaler.scale(value).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert torch.isfinite(value) and not torch.equal(before, model.weight)
+
+    def test_bad_dtype(self):
+        with pytest.raises(ValueError, match=r"`dtype` must be one of \[None, torch.float16, torch.bfloat16\], got torch.float64"):
+            AMPLoss(CountingLoss(), dtype=torch.float64)
+
+
+class TestDownsampledLoss:
+    def test_equals_wrapped_loss_on_pooled_inputs(self):
+        x, y = batch(shape=(2, 3, 16, 16))
+        out = DownsampledLoss(CountingLoss(), factor=2)(x, y)
+        assert torch.allclose(out, F.mse_loss(F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)))
+        out.backward()
+        assert x.grad.shape == x.shape and torch.count_nonzero(x.grad) == x.numel()
+
+    def test_size_and_modes(self):
+        x, y = batch(shape=(1, 1, 12, 12))
+        assert torch.allclose(DownsampledLoss(CountingLoss(), size=(4, 4))(x, y),
+                              F.mse_loss(F.adaptive_avg_pool2d(x, 4), F.adaptive_avg_pool2d(y, 4)))
+        assert torch.allclose(DownsampledLoss(CountingLoss(), factor=3, mode="max")(x, y),
+                              F.mse_loss(F.max_pool2d(x, 3), F.max_pool2d(y, 3)))
+        bil = DownsampledLoss(CountingLoss(), factor=2, mode="bilinear")(x, y)
+        assert torch.allclose(bil, F.mse_loss(F.interpolate(x, size=(6, 6), mode="bilinear", antialias=True),
+                                              F.interpolate(y, size=(6, 6), mode="bilinear", antialias=True)))
+
+    def test_ceil_keeps_border(self):
+        x = torch.zeros(1, 1, 5, 5)
+        x[..., 4, 4] = 1
+        seen = {}
+
+        class Spy(nn.Module):
+            def forward(self, input, target):
+                seen["input"] = input
+                return input.sum()
+
+        DownsampledLoss(Spy(), factor=2, mode="max")(x, x)
+        assert seen["input"].shape[-2:] == (3, 3) and seen["input"][..., 2, 2] == 1
+
+    def test_3d_and_per_dim_factor(self):
+        x, y = batch(shape=(1, 1, 4, 8, 8))
+        out = DownsampledLoss(CountingLoss(), factor=(1, 2, 2))(x, y)
+        assert torch.allclose(out, F.mse_loss(F.avg_pool3d(x, (1, 2, 2)), F.avg_pool3d(y, (1, 2, 2))))
+
+    def test_topology_max_mode_keeps_target_binary(self):
+        target = ring(32, 8, 1)  # a 1-pixel ring: area pooling would make it fractional
+        pred = soft_prediction(target).requires_grad_()
+        out = DownsampledLoss(fastloss.TopologicalLoss(), factor=2, mode="max")(pred, target)
+        out.backward()
+        assert torch.isfinite(out) and pred.grad.shape == pred.shape
+        with pytest.raises(ValueError, match="`target` must be a binary mask"):
+            DownsampledLoss(fastloss.TopologicalLoss(), factor=2, mode="area")(pred, target)
+
+    @pytest.mark.parametrize("kwargs, shape, message", [
+        ({"factor": 4}, (1, 1, 3, 8), "`input` spatial size (3, 8) is too small to downsample by factor (4, 4)"),
+        ({"size": (10, 10)}, (1, 1, 8, 8), "`size` (10, 10) must not exceed the input's spatial size (8, 8)"),
+        ({"mode": "bilinear"}, (1, 1, 4, 4, 4), "`antialias=True` is not supported for 3D inputs"),
+        ({"factor": (2, 2)}, (1, 1, 4, 4, 4), "`factor` must be a positive int or 3 positive ints, got (2, 2)"),
+        ({}, (4, 8, 8), "`input` must have 4 or 5 dimensions"),
+    ])
+    def test_bad_input(self, kwargs, shape, message):
+        with pytest.raises(ValueError) as info:
+            DownsampledLoss(CountingLoss(), **kwargs)(torch.rand(shape), torch.rand(shape))
+        assert message in str(info.value)
+
+    @pytest.mark.parametrize("kwargs, message", [
+        ({"mode": "nearest"}, "`mode` must be one of ['area', 'bilinear', 'max'], got 'nearest'"),
+        ({"factor": 0}, "`factor` must be a positive int or 1 positive ints, got 0"),
+        ({"factor": 2, "size": (4, 4)}, "give either `factor` or `size`, not both"),
+    ])
+    def test_bad_arguments(self, kwargs, message):
+        with pytest.raises(ValueError) as info:
+            DownsampledLoss(CountingLoss(), **kwargs)
+        assert message in str(info.value)
+
+
+def dataset(n=4, size=24):
+    """n distinct ring-like targets (different ring sizes), as a list of (1, 1, size, size) masks."""
+    return [ring(size, outer=2 + i, width=2) for i in range(n)]
+
+
+def count_ph(monkeypatch):
+    counter = {"n": 0}
+    real = topo.persistence_diagram
+
+    def counted(*args, **kwargs):
+        counter["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topo, "persistence_diagram", counted)
+    import fastloss.wrappers.cached_ph as cached_module
+
+    monkeypatch.setattr(cached_module, "persistence_diagram", counted)
+    return counter
+
+
+class TestCachedPH:
+    def test_refresh_every_one_is_exact(self):
+        targets = torch.cat(dataset())
+        cached, exact = CachedPH(fastloss.TopologicalLoss(), refresh_every=1), fastloss.TopologicalLoss()
+        for epoch in range(3):
+            pred = soft_prediction(targets, seed=epoch, noise=0.6)
+            a, b = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+            va, vb = cached(a, targets), exact(b, targets)
+            va.backward()
+            vb.backward()
+            assert torch.equal(va, vb) and torch.equal(a.grad, b.grad)
+
+    def test_repeated_target_computes_target_ph_once(self, monkeypatch):
+        target = dataset(1)[0]
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=1)
+        counter = count_ph(monkeypatch)
+        for seed in range(5):
+            loss(soft_prediction(target, seed=seed), target)
+        info = loss.cache_info()
+        assert info["target_misses"] == 1 and info["target_hits"] == 4
+        assert counter["n"] == 1 + 5  # one target diagram, five prediction diagrams
+
+    def test_pairing_reused_between_refreshes(self, monkeypatch):
+        targets = torch.cat(dataset())
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=3)
+        counter = count_ph(monkeypatch)
+        for _ in range(7):
+            loss(soft_prediction(targets, noise=0.6), targets)
+        info = loss.cache_info()
+        # visits 1, 4 and 7 compute (4 maps each), visits 2, 3, 5, 6 reuse
+        assert (info["misses"], info["refreshes"], info["hits"]) == (4, 8, 16)
+        assert counter["n"] == 4 + 12  # 4 target diagrams + 12 prediction diagrams
+
+    def test_reuse_equals_exact_when_prediction_is_unchanged(self):
+        targets = torch.cat(dataset())
+        pred = soft_prediction(targets, noise=0.6)
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=4)
+        exact = fastloss.TopologicalLoss()(pred, targets)
+        for _ in range(4):
+            assert torch.equal(loss(pred.clone().requires_grad_(), targets), exact)
+        assert loss.cache_info()["hits"] == 12
+
+    def test_stale_pairing_gathers_current_values(self):
+        targets = torch.cat(dataset(2))
+        loss = CachedPH(fastloss.TopologicalLoss(reduction="none"), refresh_every=2)
+        p1 = soft_prediction(targets, seed=1, noise=0.6)
+        loss(p1, targets)
+        p2 = (p1 * 0.9).detach()  # same ordering of values: same pairing, different values
+        assert torch.allclose(loss(p2, targets), fastloss.TopologicalLoss(reduction="none")(p2, targets))
+
+    def test_eval_is_exact_and_leaves_pairings(self):
+        targets = torch.cat(dataset())
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=10).eval()
+        for seed in range(3):
+            pred = soft_prediction(targets, seed=seed, noise=0.6)
+            assert torch.equal(loss(pred, targets), fastloss.TopologicalLoss()(pred, targets))
+        assert loss.cache_info()["entries"] == 0 and loss.cache_info()["exact"] == 12
+
+    def test_async_is_deterministic_and_matches_schedule(self, monkeypatch):
+        targets = torch.cat(dataset())
+
+        def run(refresh):
+            loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh=refresh)
+            values = [loss(soft_prediction(targets, seed=s, noise=0.6), targets) for s in range(6)]
+            info = loss.cache_info()
+            loss.close()
+            return torch.stack(values), info
+
+        a, info = run("async")
+        b, _ = run("async")
+        assert torch.equal(a, b)
+        # per map: visit 1 misses; visits 2, 4, 6 reuse and start a background refresh that
+        # visits 3 and 5 pick up, so the foreground never computes a diagram after visit 1
+        assert (info["misses"], info["hits"], info["refreshes"]) == (4, 12, 8)
+        sync, _ = run("sync")
+        assert torch.equal(a[:2], sync[:2])  # identical until the first refresh
+
+    def test_async_thread_ends_with_the_object(self):
+        import gc
+        import threading
+
+        targets = torch.cat(dataset(2))
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh="async")
+        for s in range(3):
+            loss(soft_prediction(targets, seed=s), targets)
+        assert any(t.name.startswith("fastloss-cachedph") for t in threading.enumerate())
+        del loss
+        gc.collect()
+        assert not any(t.name.startswith("fastloss-cachedph") for t in threading.enumerate())
+
+    def test_bounded(self):
+        loss = CachedPH(fastloss.TopologicalLoss(), max_entries=3)
+        for t in dataset(6):
+            loss(soft_prediction(t), t)
+        info = loss.cache_info()
+        assert info["entries"] == 3 and info["target_entries"] == 3 and info["evictions"] == 6
+
+    @pytest.mark.parametrize("make, error, message", [
+        (lambda: CachedPH(fastloss.PerceptualLoss("vgg16", weights=None)), TypeError,
+         "`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), got PerceptualLoss"),
+        (lambda: CachedPH(fastloss.TopologicalLoss(betti=(1, 1))), ValueError, "CachedPH needs target masks"),
+        (lambda: CachedPH(fastloss.TopologicalLoss(), refresh_every=0), ValueError, "`refresh_every` must be >= 1"),
+        (lambda: CachedPH(fastloss.TopologicalLoss(), refresh="later"), ValueError, "`refresh` must be one of ['sync', 'async']"),
+    ])
+    def test_bad_arguments(self, make, error, message):
+        with pytest.raises(error) as info:
+            make()
+        assert message in str(info.value)
+
+
+WRAPPERS = {
+    "interval": lambda loss: IntervalLoss(loss, every=2),
+    "down": lambda loss: DownsampledLoss(loss, factor=2),
+    "amp": lambda loss: AMPLoss(loss),
+    "sched": lambda loss: ScheduledWeight(loss, schedules.linear_warmup(2)),
+}
+
+
+class TestStacks:
+    def test_whole_stack_agrees_on_step(self):
+        inner = CountingLoss()
+        stack = IntervalLoss(DownsampledLoss(AMPLoss(inner), factor=2), every=4)
+        x, y = batch()
+        for _ in range(5):
+            stack(x, y)
+        assert [int(w.step) for w in stack.wrappers()] == [5, 5, 5] and inner.calls == 2
+        stack.set_step(42)
+        assert [w._step for w in stack.wrappers()] == [42, 42, 42]
+        with pytest.raises(ValueError, match="`step` must be a non-negative int, got -1"):
+            stack.set_step(-1)
+
+    @pytest.mark.parametrize("order", list(itertools.permutations(WRAPPERS)))
+    def test_nesting_in_any_order(self, order):
+        inner = CountingLoss()
+        stack = inner
+        for name in order:
+            stack = WRAPPERS[name](stack)
+        x, y = batch(shape=(1, 1, 8, 8))
+        values = [stack(x, y) for _ in range(4)]
+        # interval computes steps 0 and 2; the warm-up weight is 0 at step 0: one call at step 2
+        assert inner.calls == 1
+        expected = 2 * 1.0 * F.mse_loss(F.avg_pool2d(x, 2), F.avg_pool2d(y, 2))
+        assert torch.allclose(values[2], expected, rtol=2e-2)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values)
+
+    def test_resume_is_identical(self):
+        targets = torch.cat(dataset())
+
+        def build():
+            return ScheduledWeight(
+                IntervalLoss(CachedPH(fastloss.TopologicalLoss(), refresh_every=3), every=2),
+                schedules.linear_warmup(3),
+            )
+
+        def steps(loss, seeds):
+            out = []
+            for s in seeds:
+                p = soft_prediction(targets, seed=s, noise=0.6).requires_grad_()
+                v = loss(p, targets)
+                v.backward()
+                out.append((v.detach(), p.grad))
+            return out
+
+        uninterrupted = steps(build(), range(10))
+        first = build()
+        steps(first, range(5))
+        state = first.state_dict()
+        resumed = build()
+        resumed.load_state_dict(state)
+        rest = steps(resumed, range(5, 10))
+        for (va, ga), (vb, gb) in zip(uninterrupted[5:], rest, strict=True):
+            assert torch.equal(va, vb) and torch.equal(ga, gb)
+        assert int(resumed.step) == 10 and resumed.loss.loss.cache_info()["hits"] > 0
+
+    def test_state_dict_holds_steps_and_cache_config(self, tmp_path):
+        loss = IntervalLoss(CachedPH(fastloss.TopologicalLoss(), refresh_every=7, max_entries=9), every=3)
+        x = soft_prediction(ring())
+        loss(x, ring())
+        path = tmp_path / "state.pt"
+        torch.save(loss.state_dict(), path)
+        state = torch.load(path, weights_only=True)
+        assert int(state["step"]) == 1 and int(state["loss.step"]) == 1
+        extra = state["loss._extra_state"]
+        assert extra["refresh_every"] == 7 and extra["max_entries"] == 9 and len(extra["pairings"]) == 1
+
+
+class TestPresets:
+    def test_list(self):
+        assert {"exact", "balanced", "fastest"} <= set(fastloss.list_presets("topology"))
+        assert {"exact", "balanced", "fastest"} <= set(fastloss.list_presets("perceptual"))
+
+    def test_topology_presets(self):
+        base = fastloss.TopologicalLoss(workers=1)
+        exact = fastloss.preset("exact", base)
+        assert isinstance(exact, fastloss.TopologicalLoss) and exact is not base
+        balanced = fastloss.preset("balanced", base)
+        assert isinstance(balanced, CachedPH) and balanced.loss.config.workers is None
+        assert base.config.workers == 1  # the original is untouched
+        fastest = fastloss.preset("fastest", base)
+        assert isinstance(fastest, IntervalLoss) and isinstance(fastest.loss, DownsampledLoss)
+        assert fastest.loss.mode == "max"
+
+    def test_perceptual_presets(self):
+        base = fastloss.PerceptualLoss("vgg16", weights=None)
+        balanced = fastloss.preset("balanced", base)
+        assert isinstance(balanced, AMPLoss) and balanced.loss.channels_last and not base.channels_last
+        x, y = batch(shape=(1, 3, 32, 32))
+        assert torch.allclose(balanced(x, y), base(x, y), rtol=5e-2)
+        assert isinstance(fastloss.preset("fastest", fastloss.LPIPSLoss(backbone_weights=None)), IntervalLoss)
+
+    def test_unknown_name_and_loss(self):
+        with pytest.raises(ValueError, match=r"unknown preset 'turbo' for topology losses; known: \['balanced', 'exact', 'fastest'"):
+            fastloss.preset("turbo", fastloss.TopologicalLoss())
+        with pytest.raises(TypeError, match="`loss` of type MSELoss has no `preset_kind`"):
+            fastloss.preset("exact", nn.MSELoss())
+
+    def test_register(self):
+        class MyLoss(nn.MSELoss):
+            preset_kind = "mine"
+
+        fastloss.register_preset("lazy", "mine", lambda loss: IntervalLoss(loss, every=8))
+        assert isinstance(fastloss.preset("lazy", MyLoss()), IntervalLoss)
+        assert fastloss.list_presets("mine") == ["lazy"]
+        with pytest.raises(ValueError, match="already registered"):
+            fastloss.register_preset("lazy", "mine", lambda loss: loss)
