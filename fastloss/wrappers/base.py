@@ -92,5 +92,16 @@ class LossWrapper(nn.Module):
             self.advance()
         return out
 
+    def gain(self) -> float:
+        """The factor this wrapper applies at the current training step (0: the loss is skipped)."""
+        return 1.0
+
+    def stack_gain(self) -> float:
+        """Product of :meth:`gain` over the stack: what a training step's value is multiplied by."""
+        g = 1.0
+        for w in self.wrappers():
+            g *= w.gain()
+        return g
+
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError

@@ -46,6 +46,11 @@ class IntervalLoss(LossWrapper):
         step = self._step if step is None else step
         return (step - self.offset) % self.every == 0
 
+    def gain(self) -> float:
+        if not self.active():
+            return 0.0
+        return float(self.every) if self.compensate else 1.0
+
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         if not self.counting:
             return self.loss(input, target)

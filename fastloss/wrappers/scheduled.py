@@ -45,6 +45,9 @@ class ScheduledWeight(LossWrapper):
             raise ValueError(f"`schedule({step})` must return a finite, non-negative weight, got {w}")
         return w
 
+    def gain(self) -> float:
+        return self.weight()
+
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         w = self.weight()
         if w == 0:

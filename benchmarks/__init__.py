@@ -1,0 +1,1 @@
+"""The benchmark suite users run: ``python -m benchmarks`` (``make bench``)."""

@@ -1,0 +1,65 @@
+"""What the default suite measures: for each loss, every wrapper alone and every preset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+import fastloss
+from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
+from fastloss.bench import workloads
+
+WEIGHTS_NOTE = "perceptual backbones use weights=None (random init): no pretrained weights can be downloaded here"
+
+
+@dataclass
+class Case:
+    name: str
+    make_loss: Callable[[], nn.Module]
+    make_workload: Callable[[bool], list[workloads.Workload]]  # full -> workloads
+
+
+def _warmup(steps: int) -> schedules.Schedule:
+    return schedules.linear_warmup(max(1, steps // 2))
+
+
+def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
+    """Each wrapper alone, then each preset (descriptions in the presets registry)."""
+    topology = isinstance(loss, fastloss.TopologicalLoss)
+    out = {
+        "DownsampledLoss(2)": DownsampledLoss(loss, factor=2, mode="max" if topology else "area"),
+        "IntervalLoss(4)": IntervalLoss(loss, every=4),
+        "ScheduledWeight(warm-up)": ScheduledWeight(loss, _warmup(steps)),
+        "AMPLoss": AMPLoss(loss),
+    }
+    if topology:
+        out["CachedPH(5)"] = CachedPH(loss, refresh_every=5)
+    for name in ("balanced", "fastest"):
+        out[f"preset:{name}"] = fastloss.preset(name, loss)
+    return out
+
+
+def _topology_workloads(full: bool) -> list[workloads.Workload]:
+    wl = [workloads.topology_workload(size=256, batch=4, samples=8, epochs=5)]
+    if full:
+        wl += [workloads.topology_workload(size=512, batch=4, samples=8, epochs=5),
+               workloads.topology_workload(size=64, dim=3, batch=2, samples=4, epochs=5)]
+    return wl
+
+
+def _perceptual_workloads(full: bool) -> list[workloads.Workload]:
+    wl = [workloads.perceptual_workload(size=128, batch=2, samples=4, epochs=2)]
+    if full:
+        wl.append(workloads.perceptual_workload(size=512, batch=1, samples=2, epochs=2))
+    return wl
+
+
+CASES = {
+    "topology": Case("TopologicalLoss", lambda: fastloss.TopologicalLoss(workers=1), _topology_workloads),
+    "vgg19": Case("PerceptualLoss(vgg19)", lambda: fastloss.PerceptualLoss("vgg19", weights=None), _perceptual_workloads),
+    "resnet18": Case("PerceptualLoss(resnet18)", lambda: fastloss.PerceptualLoss("resnet18", weights=None),
+                     _perceptual_workloads),
+    "lpips": Case("LPIPSLoss(vgg)", lambda: fastloss.LPIPSLoss(backbone_weights=None), _perceptual_workloads),
+}

@@ -1,0 +1,84 @@
+"""Measuring one training step: time (synchronised, CUDA events on GPU), peak memory and FLOPs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..losses import TopologicalLoss
+
+__all__ = ["StepClock", "flops_per_step", "peak_memory", "training_step"]
+
+
+def training_step(loss: nn.Module, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward and backward of ``loss`` w.r.t. ``input`` (a fresh leaf): returns (value, gradient)."""
+    x = input.detach().requires_grad_()
+    value = loss(x, target)
+    if value.requires_grad:
+        value.backward()
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    return value.detach(), grad
+
+
+class StepClock:
+    """Times a callable: CUDA events on a GPU (after synchronising), ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes allocated by torch while ``fn`` runs.
+
+    CUDA: the caching allocator's ``max_memory_allocated`` above the starting level. CPU: the running
+    sum, in time order, of every profiler event's own allocations minus frees (``torch.profiler`` with
+    ``profile_memory=True``); allocations freed inside one op are netted, so it can under-read.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    level = peak = 0
+    records = sorted(prof.events(), key=lambda e: e.time_range.start)
+    for e in records:
+        level += e.self_cpu_memory_usage
+        peak = max(peak, level)
+    return int(peak) if records else None
+
+
+def uses_outside_torch(loss: nn.Module) -> bool:
+    """Whether part of the loss's work runs outside torch (cripser's PH), where FLOPs cannot be counted."""
+    return any(isinstance(m, TopologicalLoss) for m in loss.modules())
+
+
+def flops_per_step(run: Callable[[], int], loss: nn.Module) -> float | str:
+    """Torch FLOPs per step (``run`` executes some steps and returns how many), or ``"n/a"``."""
+    if uses_outside_torch(loss):
+        return "n/a"
+    with FlopCounterMode(display=False) as counter:
+        steps = run()
+    return counter.get_total_flops() / max(1, steps)
