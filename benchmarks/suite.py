@@ -50,7 +50,7 @@ def _topology_workloads(full: bool) -> list[workloads.Workload]:
 
 
 def _perceptual_workloads(full: bool) -> list[workloads.Workload]:
-    wl = [workloads.perceptual_workload(size=128, batch=2, samples=4, epochs=2)]
+    wl = [workloads.perceptual_workload(size=128, batch=2, samples=4, epochs=4)]
     if full:
         wl.append(workloads.perceptual_workload(size=512, batch=1, samples=2, epochs=2))
     return wl

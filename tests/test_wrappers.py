@@ -472,10 +472,13 @@ class TestPresets:
         assert isinstance(exact, fastloss.TopologicalLoss) and exact is not base
         balanced = fastloss.preset("balanced", base)
         assert isinstance(balanced, CachedPH) and balanced.loss.config.workers is None
+        assert balanced.refresh_every == 1  # exact
         assert base.config.workers == 1  # the original is untouched
         fastest = fastloss.preset("fastest", base)
-        assert isinstance(fastest, IntervalLoss) and isinstance(fastest.loss, DownsampledLoss)
-        assert fastest.loss.mode == "max"
+        assert isinstance(fastest, IntervalLoss) and isinstance(fastest.loss, CachedPH)
+        target = ring()
+        pred = soft_prediction(target, noise=0.6)
+        assert torch.equal(balanced(pred, target), base(pred, target))
 
     def test_perceptual_presets(self):
         base = fastloss.PerceptualLoss("vgg16", weights=None)

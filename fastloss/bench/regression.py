@@ -5,6 +5,9 @@ regression needs both: the median speedup fell by more than ``threshold`` (relat
 speedup samples are significantly lower (one-sided Mann-Whitney U, p < ``alpha``, as asv does).
 Deviation figures are deterministic for a seeded workload, so a change beyond ``threshold`` (absolute,
 on median gradient cosine and median loss error) is a regression by itself.
+
+With fewer than 4 rounds on each side the smallest one-sided p-value is 0.05, so nothing can be
+significant at ``alpha=0.05``: the suite defaults to 5 rounds.
 """
 
 from __future__ import annotations

@@ -137,11 +137,13 @@ class Workload:
     def prediction(self, index: Tensor, progress: float, g: torch.Generator) -> Tensor:
         """The prediction for samples ``index`` at ``progress`` in [0, 1] of training."""
         target, error = self.targets[index], self.errors[index]
-        jitter = torch.randn(target.shape, generator=g)
         if self.kind == "topology":
+            # a network's output is spatially smooth: what changes between visits is a smooth field too
+            jitter = _smooth_noise(tuple(target.shape), 4, g)
             sharp = 2 + 10 * progress
-            noise = (1.2 - progress) * error + 0.3 * jitter
+            noise = (1.2 - progress) * error + 0.25 * jitter
             return torch.sigmoid(sharp * (target - 0.5) + 2 * noise)
+        jitter = torch.randn(target.shape, generator=g)
         amount = 0.35 * (1 - progress) + 0.03
         return (target + amount * error + 0.02 * jitter).clamp(0, 1)
 
