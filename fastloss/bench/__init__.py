@@ -1,7 +1,12 @@
 """Benchmark harness: speedup and deviation of wrapped losses against the reference, side by side.
 
->>> from fastloss.bench import compare, workloads   # doctest: +SKIP
->>> report = compare(loss, {"balanced": fastloss.preset("balanced", loss)}, workloads.topology_workload())
+Usage::
+
+    from fastloss.bench import compare, markdown_table, workloads
+
+    loss = fastloss.TopologicalLoss()
+    report = compare(loss, {"balanced": fastloss.preset("balanced", loss)}, workloads.topology_workload())
+    print(markdown_table(report))
 """
 
 from . import workloads
