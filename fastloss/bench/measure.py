@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..losses import TopologicalLoss
 
-__all__ = ["StepClock", "flops_per_step", "peak_memory", "training_step"]
+__all__ = ["StageTimer", "StepClock", "flops_per_step", "peak_memory", "training_step"]
 
 
 def training_step(loss: nn.Module, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,3 +82,46 @@ def flops_per_step(run: Callable[[], int], loss: nn.Module) -> float | str:
     with FlopCounterMode(display=False) as counter:
         steps = run()
     return counter.get_total_flops() / max(1, steps)
+
+
+class StageTimer:
+    """Accumulates wall time per named stage of a training step (synchronising CUDA first).
+
+    >>> timer = StageTimer(torch.device("cpu"))
+    >>> with timer("forward"):
+    ...     _ = torch.ones(3) * 2
+    >>> timer.steps = 1; sorted(timer.ms_per_step())
+    ['forward']
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+        self.steps = 0
+
+    def __call__(self, stage: str) -> _Stage:
+        return _Stage(self, stage)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def ms_per_step(self) -> dict[str, float]:
+        return {k: 1e3 * v / max(1, self.steps) for k, v in self.totals.items()}
+
+    def reset(self) -> None:
+        self.totals.clear()
+        self.steps = 0
+
+
+class _Stage:
+    def __init__(self, timer: StageTimer, stage: str) -> None:
+        self.timer, self.stage = timer, stage
+
+    def __enter__(self) -> None:
+        self.timer.sync()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.sync()
+        self.timer.totals[self.stage] = self.timer.totals.get(self.stage, 0.0) + time.perf_counter() - self.start

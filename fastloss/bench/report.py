@@ -166,12 +166,12 @@ def plot(report: Report, path: str | Path) -> Path:
         points.append((res.speedup_summary()["median"], cos if cos is not None else float("nan")))
         labels.append(res.name)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (x, y), label in zip(points, labels, strict=True):
+    for i, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
         ax.scatter([x], [y], color="black" if label == "reference" else "tab:blue", zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -11), fontsize=8)
     front = pareto_front([p for p in points if p[1] == p[1]])
     if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:orange", label="Pareto front")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="pre", color="tab:orange", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("speedup vs reference (log)")
     ax.set_ylabel("median gradient cosine vs reference")

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Workload", "perceptual_workload", "thin_structures", "topology_workload"]
+__all__ = ["Workload", "natural_images", "perceptual_workload", "smooth_noise", "thin_structures", "topology_workload"]
 
 
-def _smooth_noise(shape: tuple[int, ...], scale: int, g: torch.Generator) -> Tensor:
+def smooth_noise(shape: tuple[int, ...], scale: int, g: torch.Generator) -> Tensor:
     """Noise of shape ``(N, C, *spatial)`` smoothed by upsampling a coarse grid ``scale`` times smaller."""
     n, c, *spatial = shape
     coarse = [max(1, s // scale) for s in spatial]
@@ -89,7 +89,7 @@ def thin_structures(n: int, size: int | tuple[int, ...], seed: int = 0, width: i
 def natural_images(n: int, size: int, seed: int = 0) -> Tensor:
     """``n`` natural-looking RGB images in [0, 1]: 1/f-like smooth fields, hard-edged shapes, texture."""
     g = torch.Generator().manual_seed(seed)
-    img = sum(_smooth_noise((n, 3, size, size), s, g) / (1 + i) for i, s in enumerate((32, 8, 2)))
+    img = sum(smooth_noise((n, 3, size, size), s, g) / (1 + i) for i, s in enumerate((32, 8, 2)))
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     for i in range(n):
         for _ in range(6):
@@ -124,7 +124,7 @@ class Workload:
         g = torch.Generator().manual_seed(self.seed + 1)
         scale = 8 if self.kind == "topology" else 4
         # a per-sample error that persists across visits (what a network gets wrong about a sample)
-        self.errors = _smooth_noise(tuple(self.targets.shape), scale, g)
+        self.errors = smooth_noise(tuple(self.targets.shape), scale, g)
 
     @property
     def steps(self) -> int:
@@ -139,7 +139,7 @@ class Workload:
         target, error = self.targets[index], self.errors[index]
         if self.kind == "topology":
             # a network's output is spatially smooth: what changes between visits is a smooth field too
-            jitter = _smooth_noise(tuple(target.shape), 4, g)
+            jitter = smooth_noise(tuple(target.shape), 4, g)
             sharp = 2 + 10 * progress
             noise = (1.2 - progress) * error + 0.25 * jitter
             return torch.sigmoid(sharp * (target - 0.5) + 2 * noise)
@@ -167,7 +167,7 @@ class Workload:
             s = level / levels
             if self.kind == "topology":
                 base = torch.sigmoid(8 * (target - 0.5))
-                noisy = (base + 0.45 * s * _smooth_noise(tuple(target.shape), 4, g)).clamp(0, 1)
+                noisy = (base + 0.45 * s * smooth_noise(tuple(target.shape), 4, g)).clamp(0, 1)
                 keep = (torch.rand(target.shape, generator=g) > 0.5 * s).float()  # random breaks
                 preds += [noisy, base * (1 - s * 0.9 * (1 - keep))]
                 names += [f"noise{level}", f"breaks{level}"]
