@@ -1,6 +1,6 @@
 """Fit a coordinate MLP to target images with L1 + SSIM + a perceptual loss (neural-rendering style).
 
-    python examples/fit_image_perceptual.py --preset balanced --steps 300
+    python examples/fit_image_perceptual.py --preset balanced --steps 200
 
 A Fourier-feature MLP "renders" each target image from pixel coordinates (as in neural fields /
 splatting pipelines, where the renderer is the model). ``--preset`` picks how the perceptual loss
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="balanced")
     parser.add_argument("--loss", choices=("vgg19", "lpips"), default="vgg19")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--perceptual-weight", type=float, default=0.1)
     parser.add_argument("--weights", default=None, help="backbone weights: a local .pth, DEFAULT, or omit (random)")
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
             image = model(args.size, 1)
         with timer("base losses"):
             loss = F.l1_loss(image, target) + 0.2 * (1 - ssim(image, target))
-        with timer("perceptual"):
-            if perceptual is not None:
+        if perceptual is not None:
+            with timer("perceptual"):
                 loss = loss + args.perceptual_weight * perceptual(image, target)
         with timer("backward"):
             optimizer.zero_grad(set_to_none=True)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
             ms = timer.ms_per_step()
             say(f"step {step:5d} | render {ms['render']:.1f} ms | base {ms['base losses']:.1f} ms | "
-                f"perceptual {ms['perceptual']:.1f} ms | backward {ms['backward']:.1f} ms | loss {loss.item():.4f}")
+                f"perceptual {ms.get('perceptual', 0.0):.1f} ms | backward {ms['backward']:.1f} ms | loss {loss.item():.4f}")
     total = time.perf_counter() - started
     loss_s = timer.totals.get("perceptual", 0.0)
     with torch.no_grad():

@@ -94,12 +94,20 @@ def check_input_range(input_range: object) -> tuple[float, float]:
     return low, high
 
 
-def check_images(input: object, target: object) -> tuple[Tensor, Tensor]:
-    """Checks shared by the image losses: (B, C, H, W) float images with C in {1, 3}, finite."""
+def check_images(input: object, target: object, min_size: int = 1) -> tuple[Tensor, Tensor]:
+    """Checks shared by the image losses: (B, C, H, W) float images with C in {1, 3}, at least
+    ``min_size`` pixels on each side, same dtype, finite."""
     input = check_tensor("input", input)
     target = check_tensor("target", target)
     check_ndim("input", input, (4,), "B, C, H, W")
     check_pair(input, target)
+    if input.dtype != target.dtype:
+        raise ValueError(f"`input` and `target` must have the same dtype, got {input.dtype} and {target.dtype}")
+    if min(input.shape[-2:]) < min_size:
+        raise ValueError(
+            f"`input` spatial size {tuple(input.shape[-2:])} is too small for this backbone: "
+            f"it needs at least {min_size}x{min_size}"
+        )
     if input.shape[1] not in (1, 3):
         raise ValueError(f"`input` must have 1 or 3 channels, got {input.shape[1]} (shape {tuple(input.shape)})")
     check_finite("input", input)

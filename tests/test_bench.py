@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import ring
+from shapes import ring
 
 import fastloss
 from benchmarks import compare as compare_cli

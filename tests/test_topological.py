@@ -1,7 +1,7 @@
 import cripser
 import pytest
 import torch
-from conftest import ring, soft_prediction
+from shapes import ring, soft_prediction
 
 import fastloss
 from fastloss.functional import topological_loss

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ring, soft_prediction
+from shapes import ring, soft_prediction
 from torch import nn
 
 import fastloss

@@ -134,6 +134,23 @@ class FeatureExtractor(nn.Module):
         return [found[t] for t in self.taps]
 
 
+def smallest_input(trunk: nn.Module, limit: int = 256) -> int:
+    """The smallest square input side a frozen trunk accepts (pooling without padding needs >= 2**k).
+
+    Probed once on tiny zero images; lets the losses reject a too-small input with a clear error
+    instead of torch's "Output size is too small" from deep inside the network.
+    """
+    side = 1
+    with torch.no_grad():
+        while side <= limit:
+            try:
+                trunk(torch.zeros(1, 3, side, side))
+                return side
+            except RuntimeError:
+                side += 1
+    raise ValueError(f"no input up to {limit}x{limit} runs through this backbone")
+
+
 def named_stages(arch: str, model: nn.Module) -> OrderedDict[str, nn.Module]:
     """The backbone of ``model`` as named sequential stages that layers can be tapped at."""
     if arch.startswith("vgg"):

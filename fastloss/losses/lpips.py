@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_images, check_input_range, check_reduction, reduce_loss, upcast
-from ._backbones import WeightsArg, freeze, load_state_dict
+from ._backbones import WeightsArg, freeze, load_state_dict, smallest_input
 from .perceptual import to_unit_range
 
 __all__ = ["LPIPSLoss"]
@@ -114,6 +114,7 @@ class LPIPSLoss(nn.Module):
         self.trunk = model.net
         self.lins = model.lins
         freeze(self)
+        self.min_size = smallest_input(self.trunk)
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         return super().train(False)
@@ -123,7 +124,10 @@ class LPIPSLoss(nn.Module):
         return [unit_normalize(f) for f in self.trunk(self.scaling(x))]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target)
+        input, target = check_images(input, target, self.min_size)
+        dtype = self.scaling.shift.dtype
+        if input.dtype != dtype:  # e.g. float16 images into a float32 trunk
+            input, target = input.to(dtype), target.to(dtype)
         with torch.no_grad():
             target_feats = self._features(target)
         input_feats = self._features(input)

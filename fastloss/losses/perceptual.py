@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_images, check_input_range, check_reduction, reduce_loss, upcast
-from ._backbones import FeatureExtractor, WeightsArg, named_stages, torchvision_model
+from ._backbones import FeatureExtractor, WeightsArg, named_stages, smallest_input, torchvision_model
 
 __all__ = ["BACKBONES", "PerceptualLoss"]
 
@@ -126,6 +126,7 @@ class PerceptualLoss(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         model = torchvision_model(backbone, weights)
         self.features = FeatureExtractor(named_stages(backbone, model), layers)
+        self.min_size = smallest_input(self.features)
         if channels_last:
             self.features.to(memory_format=torch.channels_last)
 
@@ -136,7 +137,9 @@ class PerceptualLoss(nn.Module):
         return self.features(x)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target)
+        input, target = check_images(input, target, self.min_size)
+        if input.dtype != self.mean.dtype:  # e.g. float16 images into a float32 backbone
+            input, target = input.to(self.mean.dtype), target.to(self.mean.dtype)
         with torch.no_grad():
             target_feats = self._features(target)
         input_feats = self._features(input)

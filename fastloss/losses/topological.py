@@ -42,6 +42,7 @@ from .._validation import (
     check_reduction,
     check_tensor,
     reduce_loss,
+    upcast,
 )
 
 __all__ = [
@@ -125,8 +126,14 @@ def select_bars(ph: np.ndarray, betti: Sequence[int], dims: Sequence[int], shape
 def selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     """Differentiable loss of each map, shape ``(N,)``, from ``f`` of shape ``(N, *spatial)``.
 
-    This is the only part autograd sees: ``f`` is gathered at the selected birth/death pixels.
+    This is the only part autograd sees: ``f`` is gathered at the selected birth/death pixels. It runs
+    in at least float32 with autocast off (cripser's diagram is float64 anyway; nothing to gain).
     """
+    with torch.autocast(f.device.type, enabled=False):
+        return _selection_loss(upcast(f), selections)
+
+
+def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     n = f.shape[0]
     flat = f.reshape(n, -1)
     stride = flat.shape[1] + 1

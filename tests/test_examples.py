@@ -1,0 +1,66 @@
+"""The examples and the end-to-end benchmark run, in a tiny configuration, so they cannot rot."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import e2e
+
+
+@pytest.fixture(scope="module")
+def topology_example():
+    return e2e.load_example("train_topology_segmentation.py")
+
+
+@pytest.fixture(scope="module")
+def perceptual_example():
+    return e2e.load_example("fit_image_perceptual.py")
+
+
+TINY_TOPOLOGY = ["--epochs", "2", "--size", "32", "--train", "8", "--val", "4", "--topo-start-epoch", "1", "--quiet"]
+TINY_PERCEPTUAL = ["--steps", "4", "--size", "32", "--quiet"]
+
+
+@pytest.mark.parametrize("preset", ["exact", "balanced", "fastest", "none"])
+def test_topology_example_runs(topology_example, preset, tmp_path):
+    out = tmp_path / "r.json"
+    result = topology_example.main(["--preset", preset, "--json", str(out), *TINY_TOPOLOGY])
+    assert 0 <= result["dice"] <= 1 and result["betti_error"] >= 0 and 0 <= result["skeleton_recall"] <= 1
+    assert json.loads(out.read_text())["preset"] == preset
+    assert (result["loss_s"] > 0) == (preset != "none")
+
+
+def test_topology_balanced_trains_exactly_like_exact(topology_example):
+    a = topology_example.main(["--preset", "exact", *TINY_TOPOLOGY])
+    b = topology_example.main(["--preset", "balanced", *TINY_TOPOLOGY])
+    assert (a["dice"], a["betti_error"]) == (b["dice"], b["betti_error"])
+
+
+def test_skeleton_of_a_bar_is_thin(topology_example):
+    mask = torch.zeros(1, 1, 9, 20)
+    mask[..., 3:6, 2:18] = 1
+    skel = topology_example.skeleton(mask)
+    assert skel.sum() > 0 and (skel <= mask).all() and skel[..., 4, :].sum() == skel.sum()
+
+
+@pytest.mark.parametrize("preset", ["exact", "fastest", "none"])
+def test_perceptual_example_runs(perceptual_example, preset):
+    result = perceptual_example.main(["--preset", preset, *TINY_PERCEPTUAL])
+    assert result["psnr"] > 0 and -1 <= result["ssim"] <= 1 and result["exact_perceptual"] >= 0
+
+
+def test_perceptual_example_lpips(perceptual_example):
+    result = perceptual_example.main(["--preset", "balanced", "--loss", "lpips", *TINY_PERCEPTUAL])
+    assert result["loss"] == "lpips" and result["loss_s"] > 0
+
+
+def test_e2e_summary_and_outputs(tmp_path, capsys):
+    code = e2e.main(["--tasks", "topology", "--presets", "exact", "none", "--seeds", "1", "--output", str(tmp_path),
+                     "--topology-args", " ".join(TINY_TOPOLOGY)])
+    assert code == 0
+    data = json.loads((tmp_path / "e2e.json").read_text())
+    summary = data["summary"]["topology"]
+    assert summary["exact"]["metric_rel_diff"] == 0 and summary["exact"]["within_goal"]
+    assert (tmp_path / "e2e.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| none |" in capsys.readouterr().out
