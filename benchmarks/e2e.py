@@ -60,7 +60,9 @@ def table(task: str, summary: dict[str, dict]) -> str:
     head = f"| preset | {metric} | " + " | ".join(others) + " | total s | loss s | loss share | vs exact | within 2% |"
     lines = [f"### {task}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for preset, s in summary.items():
-        fmt = lambda k: f"{s[k]['mean']:.4g} ± {s[k]['std']:.2g}"  # noqa: E731
+        def fmt(k: str, s: dict = s) -> str:
+            return f"{s[k]['mean']:.4g} ± {s[k]['std']:.2g}"
+
         diff = f"{100 * s['metric_rel_diff']:+.2f}%" if "metric_rel_diff" in s else "-"
         ok = ("yes" if s["within_goal"] else "NO") if "within_goal" in s else "-"
         lines.append(f"| {preset} | {fmt(metric)} | " + " | ".join(fmt(o) for o in others)

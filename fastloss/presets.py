@@ -12,8 +12,8 @@ The built-in stacks and the figures behind them are in the README's preset table
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch

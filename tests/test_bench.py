@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from shapes import ring
 
 import fastloss
 from benchmarks import compare as compare_cli

@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 import fastloss
 from fastloss.losses._backbones import resolve_weights

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from shapes import ring, soft_prediction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shapes import ring, soft_prediction
 from torch import nn
 
 import fastloss

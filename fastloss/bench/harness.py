@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..wrappers import CachedPH, LossWrapper
 from .deviation import cosine, low_pass, quantiles, spearman
@@ -181,11 +181,11 @@ def compare(
             for key in order:
                 tick(f"{key}: timing round {r + 1}/{rounds}")
                 loss = fresh(key)
-                times = [clock(lambda x=x, t=t: training_step(loss, x, t)) for x, t in trajectory]
+                times = [clock(lambda loss=loss, x=x, t=t: training_step(loss, x, t)) for x, t in trajectory]
                 results[key].step_times += times
                 results[key].round_times.append(sum(times) / len(times))
         ref = results.pop("reference")
-        for key, res in results.items():
+        for res in results.values():
             res.speedups = [a / b for a, b in zip(ref.round_times, res.round_times, strict=True)]
 
         ladder_data = None
@@ -200,7 +200,7 @@ def compare(
                 res.cache = _cache_info(candidate)
             x, t = trajectory[0]
             loss = fresh(key)
-            res.memory_bytes = peak_memory(lambda loss=loss: training_step(loss, x, t), device)
+            res.memory_bytes = peak_memory(lambda loss=loss, x=x, t=t: training_step(loss, x, t), device)
             if flops:
                 loss = fresh(key)
 
