@@ -94,9 +94,12 @@ def check_input_range(input_range: object) -> tuple[float, float]:
     return low, high
 
 
-def check_images(input: object, target: object, min_size: int = 1) -> tuple[Tensor, Tensor]:
+def check_images(
+    input: object, target: object, min_size: int = 1, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
     """Checks shared by the image losses: (B, C, H, W) float images with C in {1, 3}, at least
-    ``min_size`` pixels on each side, same dtype, finite."""
+    ``min_size`` pixels on each side, same dtype, finite. Returns them cast to ``dtype`` (the
+    backbone's), so e.g. float16 images run through a float32 network."""
     input = check_tensor("input", input)
     target = check_tensor("target", target)
     check_ndim("input", input, (4,), "B, C, H, W")
@@ -112,6 +115,8 @@ def check_images(input: object, target: object, min_size: int = 1) -> tuple[Tens
         raise ValueError(f"`input` must have 1 or 3 channels, got {input.shape[1]} (shape {tuple(input.shape)})")
     check_finite("input", input)
     check_finite("target", target)
+    if dtype is not None and input.dtype != dtype:
+        input, target = input.to(dtype), target.to(dtype)
     return input, target
 
 

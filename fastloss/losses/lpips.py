@@ -124,10 +124,7 @@ class LPIPSLoss(nn.Module):
         return [unit_normalize(f) for f in self.trunk(self.scaling(x))]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target, self.min_size)
-        dtype = self.scaling.shift.dtype
-        if input.dtype != dtype:  # e.g. float16 images into a float32 trunk
-            input, target = input.to(dtype), target.to(dtype)
+        input, target = check_images(input, target, self.min_size, self.scaling.shift.dtype)
         with torch.no_grad():
             target_feats = self._features(target)
         input_feats = self._features(input)

@@ -137,9 +137,7 @@ class PerceptualLoss(nn.Module):
         return self.features(x)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target, self.min_size)
-        if input.dtype != self.mean.dtype:  # e.g. float16 images into a float32 backbone
-            input, target = input.to(self.mean.dtype), target.to(self.mean.dtype)
+        input, target = check_images(input, target, self.min_size, self.mean.dtype)
         with torch.no_grad():
             target_feats = self._features(target)
         input_feats = self._features(input)
