@@ -41,14 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args(argv)
-    print(f"note: {WEIGHTS_NOTE}; torch threads={args.threads}; batch={args.batch}")
+    device = torch.device(args.device)
+    print(f"note: {WEIGHTS_NOTE}; device={args.device}; torch threads={args.threads}; batch={args.batch}")
     print("| loss | size | median ms | IQR ms | runs |\n|---|---|---|---|---|")
     for key in args.losses:
-        loss = LOSSES[key]()
+        loss = LOSSES[key]().to(device)
         for size in args.sizes:
-            x, t = inputs(key, size, args.batch)
+            x, t = (v.to(device) for v in inputs(key, size, args.batch))
             timer = benchmark.Timer(
                 stmt="training_step(loss, x, t)",
                 globals={"training_step": training_step, "loss": loss, "x": x, "t": t},
