@@ -372,6 +372,15 @@ class TestCachedPH:
         info = loss.cache_info()
         assert info["entries"] == 3 and info["target_entries"] == 3 and info["evictions"] == 6
 
+    def test_batch_larger_than_the_cache(self):
+        """A hit and enough new masks in one batch to evict it: still exact, still bounded."""
+        targets = torch.cat(dataset(4))
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=1, max_entries=2)
+        loss(soft_prediction(targets[:1]), targets[:1])
+        pred = soft_prediction(targets, seed=1, noise=0.6)
+        assert torch.equal(loss(pred, targets), fastloss.TopologicalLoss()(pred, targets))
+        assert loss.cache_info()["target_entries"] == 2 and loss.cache_info()["entries"] == 2
+
     @pytest.mark.parametrize("make, error, message", [
         (lambda: CachedPH(fastloss.PerceptualLoss("vgg16", weights=None)), TypeError,
          "`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), got PerceptualLoss"),

@@ -165,7 +165,8 @@ def compare(
     torch.set_num_threads(threads)
     try:
         trajectory = [(x.to(device), t.to(device)) for x, t in workload.trajectory()]
-        templates = {"reference": reference.to(device), **{k: v.to(device) for k, v in candidates.items()}}
+        # copies: measuring must neither move nor step the caller's modules
+        templates = {k: copy.deepcopy(v).to(device) for k, v in {"reference": reference, **candidates}.items()}
         results = {k: CandidateResult(k) for k in templates}
         clock = StepClock(device)
 

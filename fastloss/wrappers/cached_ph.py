@@ -200,7 +200,15 @@ class CachedPH(LossWrapper):
         return dict(zip(which, out, strict=True))
 
     def _target_betti(self, keys: list[str], masks: np.ndarray) -> list[tuple[int, ...]]:
-        missing = sorted({k: i for i, k in enumerate(keys) if k not in self._betti}.values())
+        # Read every hit before inserting anything: a batch larger than the cache's free room would
+        # otherwise evict a hit before it is read.
+        result: list[tuple[int, ...] | None] = []
+        for key in keys:
+            result.append(self._betti.get(key))
+            if result[-1] is not None:
+                self._betti.move_to_end(key)
+        first_miss = {k: i for i, k in reversed(list(enumerate(keys))) if result[i] is None}
+        missing = sorted(first_miss.values())
         self._stats["target_misses"] += len(missing)
         self._stats["target_hits"] += len(keys) - len(missing)
         computed = run_per_map(
@@ -210,13 +218,7 @@ class CachedPH(LossWrapper):
         found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
         for key, betti in found.items():
             self._put(self._betti, key, betti)
-        result = []
-        for key in keys:
-            betti = found.get(key) or self._betti[key]
-            if key in self._betti:
-                self._betti.move_to_end(key)
-            result.append(betti)
-        return result
+        return [found[k] if b is None else b for k, b in zip(keys, result, strict=True)]
 
     def _record(self, key: str, selection: BarSelection) -> None:
         self._stats["misses" if key not in self._pairings else "refreshes"] += 1
