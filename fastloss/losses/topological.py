@@ -243,19 +243,32 @@ def _to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
-def _topological_loss(cfg: TopologyConfig, input: object, target: object) -> Tensor:
-    input, target = cfg.check(input, target)
-    f = cfg.filtration(input)
-    spatial = tuple(f.shape[1:])
-    dims = cfg.dims_for(len(spatial))
-    f_np = _to_numpy(f)
-    t_np = None if target is None else _to_numpy(target.reshape(f.shape))
+def fresh_selection(f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str) -> BarSelection:
+    """The exact bar selection of one map: its diagram now, ranked against ``betti``."""
+    return select_bars(persistence_diagram(f, construction), betti, dims, f.shape)
+
+
+# (cfg, f of shape (N, *spatial), target masks of the same shape or None, dims) -> one selection per map
+Selector = Callable[[TopologyConfig, np.ndarray, "np.ndarray | None", tuple[int, ...]], list[BarSelection]]
+
+
+def exact_selections(cfg: TopologyConfig, f: np.ndarray, masks: np.ndarray | None, dims) -> list[BarSelection]:
+    """Target Betti numbers and the prediction's selection of every map, in the loss's thread pool."""
 
     def job(i: int) -> BarSelection:
-        betti = cfg.betti if t_np is None else betti_numbers(t_np[i], cfg.construction)
-        return select_bars(persistence_diagram(f_np[i], cfg.construction), betti, dims, spatial)
+        betti = cfg.betti if masks is None else betti_numbers(masks[i], cfg.construction)
+        return fresh_selection(f[i], betti, dims, cfg.construction)
 
-    selections = run_per_map(job, f.shape[0], cfg.workers, "persistent homology")
+    return run_per_map(job, len(f), cfg.workers, "persistent homology")
+
+
+def _topological_loss(cfg: TopologyConfig, input: object, target: object, select: Selector = exact_selections) -> Tensor:
+    """The loss around a pluggable selection step (:class:`fastloss.CachedPH` passes a caching one)."""
+    input, target = cfg.check(input, target)
+    f = cfg.filtration(input)
+    dims = cfg.dims_for(f.ndim - 1)
+    masks = None if target is None else _to_numpy(target.reshape(f.shape))
+    selections = select(cfg, _to_numpy(f), masks, dims)
     per_map = selection_loss(f, selections).reshape(input.shape[:2])
     return reduce_loss(per_map, cfg.reduction)
 

@@ -36,15 +36,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_positive_int, reduce_loss
+from .._validation import check_choice, check_positive_int
 from ..losses.topological import (
     BarSelection,
     TopologicalLoss,
+    TopologyConfig,
+    _topological_loss,
     betti_numbers,
-    persistence_diagram,
+    fresh_selection,
     run_per_map,
-    select_bars,
-    selection_loss,
 )
 from .base import LossWrapper
 
@@ -58,10 +58,6 @@ _FIELDS = ("keep_birth", "keep_death", "drop_birth", "drop_death")
 class _Pairing:
     selection: BarSelection
     uses: int  # visits served by this pairing so far
-
-
-def _fresh_selection(f: np.ndarray, betti: tuple[int, ...], dims, construction: str) -> BarSelection:
-    return select_bars(persistence_diagram(f, construction), betti, dims, f.shape)
 
 
 def _shutdown(executor: ThreadPoolExecutor) -> None:
@@ -155,7 +151,7 @@ class CachedPH(LossWrapper):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastloss-cachedph")
             self._finalizer = weakref.finalize(self, _shutdown, self._executor)
-        return self._executor.submit(_fresh_selection, *args)
+        return self._executor.submit(fresh_selection, *args)
 
     def wait(self) -> None:
         """Finish pending background refreshes (their results are kept for the next visit)."""
@@ -170,31 +166,25 @@ class CachedPH(LossWrapper):
 
     # --- the loss -----------------------------------------------------------------------------
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
-        cfg = self.loss.config
-        input, target = cfg.check(input, target)
-        f = cfg.filtration(input)
-        spatial = tuple(f.shape[1:])
-        dims = cfg.dims_for(len(spatial))
-        f_np = f.detach().to("cpu", torch.float64).numpy()
-        masks = target.detach().reshape(f.shape).to("cpu", torch.uint8).numpy()
+        return _topological_loss(self.loss.config, input, target, self._selections)
+
+    def _selections(self, cfg: TopologyConfig, f_np: np.ndarray, masks: np.ndarray, dims) -> list[BarSelection]:
+        """The selection step of the loss, served from the caches."""
+        masks = masks.astype(np.uint8)
         keys = [self._key(m) for m in masks]
         bettis = self._target_betti(keys, masks)
-
         if not self.counting:  # validation: exact pairing, caches untouched
             self._stats["exact"] += len(keys)
             fresh = self._compute(f_np, bettis, dims, range(len(keys)))
-            selections = [fresh[i] for i in range(len(keys))]
-        else:
-            selections = self._plan(keys, f_np, bettis, dims)
-        per_map = selection_loss(f, selections).reshape(input.shape[:2])
-        return reduce_loss(per_map, cfg.reduction)
+            return [fresh[i] for i in range(len(keys))]
+        return self._plan(keys, f_np, bettis, dims)
 
     def _compute(self, f_np, bettis, dims, which) -> dict[int, BarSelection]:
         """Fresh pairings for maps ``which``, computed in the loss's thread pool."""
         which = list(which)
         cfg = self.loss.config
         out = run_per_map(
-            lambda j: _fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction),
+            lambda j: fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction),
             len(which), cfg.workers, "persistent homology",
         )
         return dict(zip(which, out, strict=True))
