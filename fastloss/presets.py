@@ -16,7 +16,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from .losses import PerceptualLoss
@@ -79,10 +78,7 @@ def preset(name: str, loss: nn.Module) -> nn.Module:
 
 
 def _channels_last(loss: nn.Module) -> nn.Module:
-    if isinstance(loss, PerceptualLoss) and not loss.channels_last:
-        loss.channels_last = True
-        loss.features.to(memory_format=torch.channels_last)
-    return loss
+    return loss.use_channels_last() if isinstance(loss, PerceptualLoss) else loss
 
 
 def _topology_balanced(loss: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from shapes import ring, soft_prediction
 from torch import nn
 
 import fastloss
+from benchmarks.memory import rss_mib
 from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -246,10 +247,6 @@ class TestMemoryAndThreads:
     def test_cached_ph_bounded_over_10000_targets(self):
         loss = CachedPH(fastloss.TopologicalLoss(workers=1), refresh_every=3, max_entries=256)
         g = torch.Generator().manual_seed(0)
-
-        def rss_mib():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
         for i in range(1250):  # 10,000 distinct 8x8 targets, 8 per call
             targets = (torch.rand(8, 1, 8, 8, generator=g) > 0.5).float()

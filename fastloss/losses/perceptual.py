@@ -121,14 +121,20 @@ class PerceptualLoss(nn.Module):
         self.distance = distance
         self.input_range = check_input_range(input_range)
         self.reduction = reduction
-        self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         model = torchvision_model(backbone, weights)
         self.features = FeatureExtractor(named_stages(backbone, model), layers)
         self.min_size = smallest_input(self.features)
+        self.channels_last = False
         if channels_last:
-            self.features.to(memory_format=torch.channels_last)
+            self.use_channels_last()
+
+    def use_channels_last(self) -> PerceptualLoss:
+        """Run the backbone (and its inputs) in ``torch.channels_last`` memory format from now on."""
+        self.features.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def _features(self, x: Tensor) -> list[Tensor]:
         x = (to_unit_range(x, self.input_range) - self.mean) / self.std
