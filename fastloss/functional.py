@@ -1,4 +1,8 @@
-"""Functional forms of the losses (stateless; the modules are thin wrappers around them)."""
+"""Functional forms of the losses that need no network: the topology loss.
+
+The image losses (:class:`~fastloss.PerceptualLoss`, :class:`~fastloss.LPIPSLoss`) hold a frozen
+backbone and are modules only.
+"""
 
 from .losses.topological import topological_loss
 

@@ -82,9 +82,9 @@ class _Cosine(Schedule):
         return self.final + (self.value - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def constant(value: float = 1.0) -> Schedule:
-    """Always ``value``."""
-    return _Constant(value=_check_number("value", value))
+def constant(value: float = 1.0, steps_per_epoch: int = 1) -> Schedule:
+    """Always ``value`` (``steps_per_epoch`` is accepted like every schedule's, and changes nothing)."""
+    return _Constant(steps_per_epoch, _check_number("value", value))
 
 
 def piecewise(boundaries: Sequence[float], values: Sequence[float], steps_per_epoch: int = 1) -> Schedule:

@@ -60,7 +60,13 @@ def test_e2e_summary_and_outputs(tmp_path, capsys):
                      "--topology-args", " ".join(TINY_TOPOLOGY)])
     assert code == 0
     data = json.loads((tmp_path / "e2e.json").read_text())
+    runs = {r["preset"]: r for r in data["runs"]["topology"]}
     summary = data["summary"]["topology"]
-    assert summary["exact"]["metric_rel_diff"] == 0 and summary["exact"]["within_goal"]
+    # the summary against exact, recomputed from the raw runs
+    expected = (runs["none"]["dice"] - runs["exact"]["dice"]) / abs(runs["exact"]["dice"])
+    assert summary["none"]["metric_rel_diff"] == pytest.approx(expected)
+    assert summary["none"]["within_goal"] == (abs(expected) <= e2e.GOAL)
+    assert summary["none"]["loss_s"]["mean"] == 0 and runs["exact"]["loss_s"] > 0
+    assert summary["none"]["loss_time_vs_exact"] == 0
     assert (tmp_path / "e2e.png").read_bytes()[:4] == b"\x89PNG"
     assert "| none |" in capsys.readouterr().out

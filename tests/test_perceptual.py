@@ -85,13 +85,18 @@ class TestPerceptualLoss:
         assert torch.allclose(loss(x, y), loss(x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)))
 
     def test_l2_distance(self):
+        """Independent reference: torchvision's own VGG16 ``features[:4]`` (conv1_1 .. relu1_2) by hand."""
         torch.manual_seed(0)
-        l1 = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
         l2 = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], distance="l2", weights=None)
-        l2.load_state_dict(l1.state_dict())
+        vgg = torchvision.models.vgg16()
+        vgg.features[0].load_state_dict(l2.features.body.conv1_1.state_dict())
+        vgg.features[2].load_state_dict(l2.features.body.conv1_2.state_dict())
         x, y = images()
-        feats_x, feats_y = l1._features(x)[0], l1._features(y)[0]
-        assert torch.allclose(l2(x, y), (feats_x - feats_y).square().mean(), rtol=1e-5)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            fx, fy = (vgg.features[:4]((t - mean) / std) for t in (x, y))
+        assert torch.allclose(l2(x, y), (fx - fy).square().mean(), rtol=1e-5)
 
     def test_channels_last_matches(self):
         torch.manual_seed(0)
@@ -181,3 +186,42 @@ class TestPerceptualLossErrors:
         with pytest.raises(error) as info:
             loss(input, target)
         assert message in str(info.value)
+
+
+class TestFastPath:
+    """The backbone cast once to a compute dtype and laid out channels-last once (no per-call re-cast)."""
+
+    @pytest.mark.parametrize("make", [
+        lambda **kw: fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None, **kw),
+        lambda **kw: fastloss.LPIPSLoss(weights=None, **kw),
+    ], ids=["perceptual", "lpips"])
+    def test_compute_dtype(self, make):
+        torch.manual_seed(0)
+        exact = make()
+        fast = make(compute_dtype=torch.bfloat16, channels_last=True)
+        fast.load_state_dict(exact.state_dict())  # load casts into the bfloat16 weights
+        seen = []
+        for m in fast.backbone().modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(lambda mod, args, out: seen.append((out.dtype, out.is_contiguous(
+                    memory_format=torch.channels_last))))
+        weight = next(fast.backbone().parameters())
+        assert weight.dtype == torch.bfloat16 and fast.compute_dtype == torch.bfloat16
+        pointer = weight.data_ptr()
+        x, y = images(size=32)
+        x.requires_grad_()
+        value = fast(x, y)
+        value.backward()
+        assert seen and all(dtype == torch.bfloat16 and cl for dtype, cl in seen)
+        assert value.dtype == torch.float32 and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+        assert torch.allclose(value, exact(x, y), rtol=3e-2)
+        assert weight.data_ptr() == pointer  # the weights were cast once, not per call
+        assert fast.explicit == {"channels_last": True, "compute_dtype": torch.bfloat16}
+        if isinstance(fast, fastloss.LPIPSLoss):
+            assert all(p.dtype == torch.float32 for p in fast.lins.parameters())  # calibration stays float32
+
+    def test_bad_compute_dtype(self):
+        with pytest.raises(TypeError, match="`compute_dtype` must be a floating-point torch.dtype, got torch.int64"):
+            fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, compute_dtype=torch.int64)
+        with pytest.raises(TypeError, match="`channels_last` must be a bool or None, got str"):
+            fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, channels_last="yes")

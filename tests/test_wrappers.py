@@ -1,4 +1,5 @@
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -11,16 +12,16 @@ from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, Scheduled
 from fastloss.losses import topological as topo
 
 
-class CountingLoss(nn.Module):
+class CountingLoss(nn.MSELoss):
     """MSE that counts its calls."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, reduction="mean"):
+        super().__init__(reduction=reduction)
         self.calls = 0
 
     def forward(self, input, target):
         self.calls += 1
-        return F.mse_loss(input, target)
+        return super().forward(input, target)
 
 
 def batch(seed=0, shape=(2, 1, 8, 8)):
@@ -28,12 +29,22 @@ def batch(seed=0, shape=(2, 1, 8, 8)):
     return torch.rand(shape, generator=g).requires_grad_(), torch.rand(shape, generator=g)
 
 
+def train(loss, x, y, n):
+    """``n`` training steps (forward + backward: the clock advances once per backward); the values."""
+    values = []
+    for _ in range(n):
+        value = loss(x, y)
+        value.sum().backward()
+        values.append(value.detach())
+    return values
+
+
 class TestIntervalLoss:
     def test_every_four_calls_twice_in_eight_steps_with_gain(self):
         inner = CountingLoss()
         loss = IntervalLoss(inner, every=4)
         x, y = batch()
-        values = [loss(x, y) for _ in range(8)]
+        values = train(loss, x, y, 8)
         assert inner.calls == 2
         exact = F.mse_loss(x, y)
         for step, v in enumerate(values):
@@ -43,7 +54,7 @@ class TestIntervalLoss:
     def test_skipped_zero_backpropagates(self):
         loss = IntervalLoss(CountingLoss(), every=2)
         x, y = batch()
-        loss(x, y)
+        loss(x.detach(), y)  # an input without grad: the clock advances at once
         skipped = loss(x, y)
         skipped.backward()
         assert skipped.item() == 0.0 and torch.count_nonzero(x.grad) == 0
@@ -59,9 +70,10 @@ class TestIntervalLoss:
         inner = CountingLoss()
         loss = IntervalLoss(inner, every=3, offset=2, compensate=False)
         x, y = batch()
-        computed = [loss(x, y).item() != 0 for _ in range(6)]
+        computed = [v.item() != 0 for v in train(loss, x, y, 6)]
         assert computed == [False, False, True, False, False, True]
         assert loss(x, y).item() == 0 and torch.isclose(IntervalLoss(CountingLoss(), 3, False)(x, y), F.mse_loss(x, y))
+        assert loss.mean_gain() == pytest.approx(1 / 3) and IntervalLoss(CountingLoss(), 3).mean_gain() == 1
 
     def test_eval_and_no_grad_compute_every_call_with_gain_one(self):
         inner = CountingLoss()
@@ -78,6 +90,7 @@ class TestIntervalLoss:
         ({"every": 0}, ValueError, "`every` must be >= 1, got 0"),
         ({"every": 2.0}, TypeError, "`every` must be an int, got float"),
         ({"every": 2, "offset": 2}, ValueError, "`offset` must be an int in [0, 1], got 2"),
+        ({"every": 2, "compensate": 1}, TypeError, "`compensate` must be a bool, got int"),
     ])
     def test_bad_arguments(self, kwargs, error, message):
         with pytest.raises(error) as info:
@@ -94,7 +107,7 @@ class TestScheduledWeight:
         inner = CountingLoss()
         loss = ScheduledWeight(inner, schedules.delayed(start=3))
         x, y = batch()
-        values = [loss(x, y) for _ in range(5)]
+        values = train(loss, x, y, 5)
         assert inner.calls == 2
         assert [v.item() == 0 for v in values] == [True, True, True, False, False]
         assert torch.allclose(values[-1], F.mse_loss(x, y))
@@ -102,7 +115,7 @@ class TestScheduledWeight:
     def test_weight_multiplies(self):
         loss = ScheduledWeight(CountingLoss(), schedules.linear_warmup(4))
         x, y = batch()
-        values = [loss(x, y) for _ in range(6)]
+        values = train(loss, x, y, 6)
         for step, v in enumerate(values):
             assert torch.allclose(v, min(step / 4, 1.0) * F.mse_loss(x, y))
 
@@ -114,6 +127,7 @@ class TestScheduledWeight:
         p = schedules.piecewise([1, 2], [0.0, 0.5, 1.0], steps_per_epoch=10)
         assert (p(9), p(10), p(25)) == (0.0, 0.5, 1.0)
         assert schedules.constant(0.3)(12345) == 0.3
+        assert schedules.constant(0.3, steps_per_epoch=7)(5) == 0.3  # every schedule takes steps_per_epoch
 
     def test_bad_schedule_values(self):
         x, y = batch()
@@ -138,40 +152,83 @@ class TestScheduledWeight:
         assert message in str(info.value)
 
 
+def record_dtypes(loss):
+    """Forward hooks on every convolution of ``loss``: the dtypes their outputs were computed in."""
+    seen = []
+    for m in loss.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    return seen
+
+
 class TestAMPLoss:
-    def test_float32_close_to_fp32_perceptual(self):
+    @pytest.mark.parametrize("machine, expected", [("bf16-cpu", torch.bfloat16), ("amx-cpu", torch.bfloat16)])
+    def test_default_runs_in_the_native_dtype(self, simulate, machine, expected):
+        simulate(machine)
         torch.manual_seed(0)
-        ref = fastloss.PerceptualLoss("vgg16", weights=None)
-        x, y = batch(shape=(2, 3, 32, 32))
-        out = AMPLoss(ref)(x, y)
-        assert out.dtype == torch.float32
-        assert torch.allclose(out, ref(x, y), rtol=5e-2)
+        ref = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None)
+        loss = AMPLoss(ref)
+        seen = record_dtypes(ref)
+        x, y = batch(shape=(2, 3, 16, 16))
+        out = loss(x, y)
+        assert seen and set(seen) == {expected}  # the convolutions really ran in low precision
+        assert out.dtype == torch.float32 and torch.allclose(out, ref(x, y), rtol=5e-2)
         out.backward()
         assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
-    def test_default_dtypes(self):
-        loss = AMPLoss(CountingLoss())
-        assert loss.autocast_dtype(torch.device("cpu")) == torch.bfloat16
-        assert loss.autocast_dtype(torch.device("cuda")) == torch.float16
+    def test_no_native_dtype_falls_back_to_float32_with_one_warning(self, simulate):
+        simulate("avx2-cpu")
+        ref = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
+        loss = AMPLoss(ref)
+        seen = record_dtypes(ref)
+        x, y = batch(shape=(1, 3, 16, 16))
+        with pytest.warns(UserWarning, match=r"no native low-precision dtype on cpu \(AMD EPYC \(Zen 3.*emulated.*float32"):
+            out = loss(x, y)
+        assert set(seen) == {torch.float32} and torch.equal(out, ref(x, y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # one-time: the second call is silent
+            loss(x, y)
+        assert loss.autocast_dtype(torch.device("cpu")) is None
+
+    def test_explicit_emulated_dtype_is_honoured_with_a_warning(self, simulate):
+        simulate("avx2-cpu")
+        ref = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
+        loss = AMPLoss(ref, dtype=torch.bfloat16)
+        seen = record_dtypes(ref)
+        with pytest.warns(UserWarning, match=r"torch.bfloat16 is emulated on cpu .*tens of times slower"):
+            loss(*batch(shape=(1, 3, 16, 16)))
+        assert set(seen) == {torch.bfloat16}
+
+    def test_default_dtypes(self, simulate):
+        simulate("amx-cpu")
+        assert AMPLoss(CountingLoss()).autocast_dtype(torch.device("cpu")) == torch.bfloat16
         assert AMPLoss(CountingLoss(), dtype=torch.float16).autocast_dtype(torch.device("cpu")) == torch.float16
+        simulate("avx2-cpu")
+        with pytest.warns(UserWarning):
+            assert AMPLoss(CountingLoss()).autocast_dtype(torch.device("cpu")) is None
 
     @pytest.mark.parametrize("images", ["zeros", "equal", "constant"])
-    def test_lpips_fp16_normalize_trap(self, images):
+    def test_lpips_fp16_normalize_trap(self, images, simulate):
         """lpips' eps=1e-10 vanishes in float16: all-zero features give 0/0. Ours stays finite."""
-        loss = AMPLoss(fastloss.LPIPSLoss(backbone_weights=None), dtype=torch.float16)
+        simulate("amx-cpu")
+        lp = fastloss.LPIPSLoss(weights=None)
+        loss = AMPLoss(lp, dtype=torch.float16)
+        seen = record_dtypes(lp.trunk)
         x = {"zeros": torch.zeros(1, 3, 32, 32), "equal": torch.rand(1, 3, 32, 32),
              "constant": torch.full((1, 3, 32, 32), 0.5)}[images]
         y = x.clone() if images != "zeros" else torch.zeros(1, 3, 32, 32)
         x.requires_grad_()
         out = loss(x, y)
         out.backward()
+        assert set(seen) == {torch.float16}
         assert torch.isfinite(out) and out.item() == pytest.approx(0.0, abs=1e-6)
         assert torch.isfinite(x.grad).all()
 
-    def test_grad_scaler(self):
+    def test_grad_scaler(self, simulate):
+        simulate("amx-cpu")
         torch.manual_seed(0)
         model = nn.Conv2d(3, 3, 3, padding=1)
-        loss = AMPLoss(fastloss.PerceptualLoss("vgg16", layers=["relu2_2"], weights=None))
+        loss = AMPLoss(fastloss.PerceptualLoss("vgg16", layers=["relu2_2"], weights=None), dtype=torch.float16)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
         x, y = batch(shape=(1, 3, 16, 16))
@@ -222,6 +279,13 @@ class TestDownsampledLoss:
         x, y = batch(shape=(1, 1, 4, 8, 8))
         out = DownsampledLoss(CountingLoss(), factor=(1, 2, 2))(x, y)
         assert torch.allclose(out, F.mse_loss(F.avg_pool3d(x, (1, 2, 2)), F.avg_pool3d(y, (1, 2, 2))))
+
+    def test_default_mode_follows_the_loss_kind(self):
+        assert DownsampledLoss(fastloss.TopologicalLoss()).mode == "max"
+        assert DownsampledLoss(CountingLoss()).mode == "area"
+        target = ring(32, 8, 1)  # the default for topology keeps a 1-pixel ring binary: no error
+        value = DownsampledLoss(fastloss.TopologicalLoss(), factor=2)(soft_prediction(target), target)
+        assert torch.isfinite(value)
 
     def test_topology_max_mode_keeps_target_binary(self):
         target = ring(32, 8, 1)  # a 1-pixel ring: area pooling would make it fractional
@@ -378,6 +442,35 @@ class TestCachedPH:
         assert torch.equal(loss(pred, targets), fastloss.TopologicalLoss()(pred, targets))
         assert loss.cache_info()["target_entries"] == 2 and loss.cache_info()["entries"] == 2
 
+    def test_clear_drops_pending_refreshes(self):
+        """A pairing computed before clear() is never served after it."""
+        targets = torch.cat(dataset(2))
+        loss = CachedPH(fastloss.TopologicalLoss(reduction="none"), refresh_every=2, refresh="async")
+        stale = soft_prediction(targets, seed=0, noise=0.6)
+        loss(stale, targets)
+        loss(stale, targets)  # second visit: served from cache, and an async refresh of `stale` starts
+        assert loss._pending
+        loss.clear()
+        assert not loss._pending and loss.cache_info()["entries"] == 0
+        fresh = soft_prediction(targets, seed=5, noise=0.6)
+        value = loss(fresh, targets)
+        assert torch.equal(value, fastloss.TopologicalLoss(reduction="none")(fresh, targets))
+        assert loss.cache_info()["misses"] == 2 and loss.cache_info()["refreshes"] == 0
+        loss.close()
+
+    def test_constructor_configuration_wins_over_the_checkpoint(self):
+        targets = torch.cat(dataset(2))
+        approximate = CachedPH(fastloss.TopologicalLoss(), refresh_every=5, max_entries=8)
+        approximate(soft_prediction(targets), targets)
+        exact = CachedPH(fastloss.TopologicalLoss(), refresh_every=1, max_entries=1)
+        with pytest.warns(UserWarning, match=r"saved with refresh_every=5, max_entries=8; keeping this CachedPH's "
+                                             r"refresh_every=1, max_entries=1"):
+            exact.load_state_dict(approximate.state_dict())
+        assert exact.refresh_every == 1 and exact.max_entries == 1 and exact.cache_info()["entries"] == 1
+        for seed in range(3):  # still exact: the checkpoint's refresh_every=5 never applies
+            pred = soft_prediction(targets, seed=seed, noise=0.6)
+            assert torch.equal(exact(pred, targets), fastloss.TopologicalLoss()(pred, targets))
+
     @pytest.mark.parametrize("make, error, message", [
         (lambda: CachedPH(fastloss.PerceptualLoss("vgg16", weights=None)), TypeError,
          "`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), got PerceptualLoss"),
@@ -400,15 +493,16 @@ WRAPPERS = {
 
 
 class TestStacks:
-    def test_whole_stack_agrees_on_step(self):
+    def test_whole_stack_shares_one_clock(self):
         inner = CountingLoss()
         stack = IntervalLoss(DownsampledLoss(AMPLoss(inner), factor=2), every=4)
         x, y = batch()
-        for _ in range(5):
-            stack(x, y)
-        assert [int(w.step) for w in stack.wrappers()] == [5, 5, 5] and inner.calls == 2
+        train(stack, x, y, 5)
+        assert inner.calls == 2 and int(stack.step) == 5
+        assert all(w.step is stack.step for w in stack.wrappers())  # one source of truth
+        assert [k for k in stack.state_dict() if k.endswith("step")] == ["step"]
         stack.set_step(42)
-        assert [w._step for w in stack.wrappers()] == [42, 42, 42]
+        assert [int(w.step) for w in stack.wrappers()] == [42, 42, 42]
         with pytest.raises(ValueError, match="`step` must be a non-negative int, got -1"):
             stack.set_step(-1)
 
@@ -419,7 +513,7 @@ class TestStacks:
         for name in order:
             stack = WRAPPERS[name](stack)
         x, y = batch(shape=(1, 1, 8, 8))
-        values = [stack(x, y) for _ in range(4)]
+        values = train(stack, x, y, 4)
         # interval computes steps 0 and 2; the warm-up weight is 0 at step 0: one call at step 2
         assert inner.calls == 1
         expected = 2 * 1.0 * F.mse_loss(F.avg_pool2d(x, 2), F.avg_pool2d(y, 2))
@@ -462,9 +556,20 @@ class TestStacks:
         path = tmp_path / "state.pt"
         torch.save(loss.state_dict(), path)
         state = torch.load(path, weights_only=True)
-        assert int(state["step"]) == 1 and int(state["loss.step"]) == 1
+        assert int(state["step"]) == 1 and "loss.step" not in state  # one clock: the outermost wrapper's
         extra = state["loss._extra_state"]
         assert extra["refresh_every"] == 7 and extra["max_entries"] == 9 and len(extra["pairings"]) == 1
+
+
+@pytest.fixture
+def registry():
+    """Snapshot the preset registry and restore it: a test that registers presets can run any number of times."""
+    from fastloss import presets
+
+    saved = dict(presets._REGISTRY)
+    yield presets._REGISTRY
+    presets._REGISTRY.clear()
+    presets._REGISTRY.update(saved)
 
 
 class TestPresets:
@@ -475,24 +580,47 @@ class TestPresets:
     def test_topology_presets(self):
         base = fastloss.TopologicalLoss(workers=1)
         exact = fastloss.preset("exact", base)
-        assert isinstance(exact, fastloss.TopologicalLoss) and exact is not base
-        balanced = fastloss.preset("balanced", base)
-        assert isinstance(balanced, CachedPH) and balanced.loss.config.workers is None
-        assert balanced.refresh_every == 1  # exact
-        assert base.config.workers == 1  # the original is untouched
-        fastest = fastloss.preset("fastest", base)
-        assert isinstance(fastest, IntervalLoss) and isinstance(fastest.loss, CachedPH)
         target = ring()
         pred = soft_prediction(target, noise=0.6)
-        assert torch.equal(balanced(pred, target), base(pred, target))
-
-    def test_perceptual_presets(self):
-        base = fastloss.PerceptualLoss("vgg16", weights=None)
+        assert torch.equal(exact(pred, target), base(pred, target))
+        assert isinstance(exact.loss, fastloss.TopologicalLoss) and exact.loss is not base
         balanced = fastloss.preset("balanced", base)
-        assert isinstance(balanced, AMPLoss) and balanced.loss.channels_last and not base.channels_last
+        assert torch.equal(balanced(pred, target), base(pred, target))
+        assert isinstance(balanced.loss, CachedPH) and balanced.loss.refresh_every == 1  # exact
+        assert balanced.loss.loss.config.workers == 1  # the user's explicit workers=1 is kept
+        fastest = fastloss.preset("fastest", base)
+        fastest(pred, target)
+        assert isinstance(fastest.loss, IntervalLoss) and isinstance(fastest.loss.loss, CachedPH)
+        assert base.config.workers == 1  # the original is untouched
+
+    def test_perceptual_presets(self, simulate):
+        simulate("bf16-cpu")
+        base = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None)
+        balanced = fastloss.preset("balanced", base)
         x, y = batch(shape=(1, 3, 32, 32))
         assert torch.allclose(balanced(x, y), base(x, y), rtol=5e-2)
-        assert isinstance(fastloss.preset("fastest", fastloss.LPIPSLoss(backbone_weights=None)), IntervalLoss)
+        assert balanced.loss.channels_last and balanced.loss.compute_dtype == torch.bfloat16
+        assert not base.channels_last and base.compute_dtype == torch.float32  # the original is untouched
+        lpips = fastloss.preset("fastest", fastloss.LPIPSLoss(weights=None))
+        lpips(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+        assert isinstance(lpips.loss, IntervalLoss)
+        assert lpips.innermost().channels_last  # one channels_last switch reaches LPIPS too
+
+    def test_presets_never_override_explicit_settings(self, simulate):
+        simulate("bf16-cpu")
+        base = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, channels_last=False,
+                                       compute_dtype=torch.float32)
+        balanced = fastloss.preset("balanced", base)
+        balanced(*batch(shape=(1, 3, 16, 16)))
+        assert not balanced.loss.channels_last and balanced.loss.compute_dtype == torch.float32
+
+    def test_wrapped_loss_is_rejected(self):
+        """preset() builds its own stack: a wrapped loss (or a preset) is a TypeError, never a silent nesting."""
+        with pytest.raises(TypeError, match=r"`loss` is already wrapped \(IntervalLoss around TopologicalLoss\)"):
+            fastloss.preset("balanced", IntervalLoss(fastloss.TopologicalLoss()))
+        vgg = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
+        with pytest.raises(TypeError, match=r"already wrapped \(PresetLoss around PerceptualLoss\)"):
+            fastloss.preset("fastest", fastloss.preset("fastest", vgg))
 
     def test_unknown_name_and_loss(self):
         with pytest.raises(ValueError, match=r"unknown preset 'turbo' for topology losses; known: \['balanced', 'exact', 'fastest'"):
@@ -500,12 +628,22 @@ class TestPresets:
         with pytest.raises(TypeError, match="`loss` of type MSELoss has no `preset_kind`"):
             fastloss.preset("exact", nn.MSELoss())
 
-    def test_register(self):
+    def test_register(self, registry):
         class MyLoss(nn.MSELoss):
             preset_kind = "mine"
 
         fastloss.register_preset("lazy", "mine", lambda loss: IntervalLoss(loss, every=8))
-        assert isinstance(fastloss.preset("lazy", MyLoss()), IntervalLoss)
+        lazy = fastloss.preset("lazy", MyLoss())
+        x, y = batch()
+        assert torch.allclose(lazy(x, y), 8 * F.mse_loss(x, y))
+        assert isinstance(lazy.loss, IntervalLoss) and lazy.loss.every == 8
         assert fastloss.list_presets("mine") == ["lazy"]
         with pytest.raises(ValueError, match="already registered"):
             fastloss.register_preset("lazy", "mine", lambda loss: loss)
+        with pytest.raises(ValueError, match="'auto' is reserved"):
+            fastloss.register_preset("auto", "mine", lambda loss: loss)
+
+    def test_register_can_run_twice(self, registry):
+        """Each test restores the registry, so registering the same name in two tests never collides."""
+        fastloss.register_preset("lazy", "mine", lambda loss: loss)
+        assert ("lazy", "mine") in registry

@@ -13,19 +13,22 @@ Differences from calling ``lpips.LPIPS`` directly, none of which change its valu
 - the channel normalisation runs in float32 (``lpips.normalize_tensor`` adds ``eps=1e-10``, which is
   zero in float16, so an all-zero feature map gives 0/0 = NaN under autocast);
 - the backbone weights come from torchvision's enum or a local path, never from a silent download;
-- everything is frozen and eval-locked: the linear layers' dropout never comes back with ``.train()``.
+- everything is frozen and eval-locked: the linear layers' dropout never comes back with ``.train()``;
+- it shares :class:`PerceptualLoss`'s vocabulary and fast path (``backbone=``, ``weights=``,
+  ``channels_last``, ``compute_dtype``: the trunk is cast once, the linear layers stay float32).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_images, check_input_range, check_reduction, reduce_loss, upcast
+from .._validation import check_choice, upcast
 from ._backbones import WeightsArg, freeze, load_state_dict, smallest_input
-from .perceptual import to_unit_range
+from ._feature import FeatureLoss, to_unit_range
 
 __all__ = ["LPIPSLoss"]
 
@@ -58,7 +61,7 @@ def _load_trunk(trunk: nn.Module, arch: str, weights: WeightsArg) -> None:
             mapped[prefix[head] + key[len(head) :]] = value
     missing = sorted(set(trunk.state_dict()) - set(mapped))
     if missing:
-        raise ValueError(f"`backbone_weights` lack trunk parameters for {arch!r}: {missing[:4]}")
+        raise ValueError(f"`weights` lack trunk parameters for {arch!r}: {missing[:4]}")
     trunk.load_state_dict(mapped, strict=True)
 
 
@@ -68,71 +71,97 @@ def unit_normalize(feat: Tensor) -> Tensor:
     return feat / (torch.linalg.vector_norm(feat, dim=1, keepdim=True) + _EPS)
 
 
-class LPIPSLoss(nn.Module):
+_UNSET: Any = object()
+
+
+class LPIPSLoss(FeatureLoss):
     r"""Learned perceptual image patch similarity as a training loss.
 
     Args:
-        net: trunk, ``"vgg"`` (the usual choice for a loss), ``"alex"`` or ``"squeeze"``.
+        backbone: trunk, ``"vgg"`` (the usual choice for a loss), ``"alex"`` or ``"squeeze"``.
         input_range: pixel range of the images, e.g. ``(0, 1)`` or ``(-1, 1)``.
-        backbone_weights: ``"DEFAULT"`` (torchvision ImageNet weights, downloaded by torchvision),
-            ``None`` (random trunk: tests and offline benchmarks) or a path to a local ``.pth`` holding
-            the torchvision model's state dict. The linear layers always come from the lpips package.
+        weights: the trunk's weights: ``"DEFAULT"`` (torchvision ImageNet weights, downloaded by
+            torchvision), ``None`` (random trunk: tests and offline benchmarks) or a path to a local
+            ``.pth`` holding the torchvision model's state dict. The linear layers always come from the
+            lpips package.
         reduction: ``"mean"`` | ``"sum"`` over the batch, or ``"none"`` for a ``(B,)`` tensor.
+        channels_last: lay the trunk out channels-last once (``None``: a preset may choose).
+        compute_dtype: cast the trunk's weights once to this dtype (``None``: float32; a preset may choose).
+        net, backbone_weights: deprecated names of ``backbone`` and ``weights`` (fastloss 0.1).
 
     Shape:
         - input, target: :math:`(B, C, H, W)`, :math:`C \in \{1, 3\}`.
         - output: scalar, or :math:`(B,)` with ``reduction="none"``.
 
     Example:
-        >>> loss = LPIPSLoss(backbone_weights=None)  # random trunk: no download
+        >>> loss = LPIPSLoss(weights=None)  # random trunk: no download
         >>> x = torch.rand(1, 3, 32, 32)
         >>> loss(x, x).item()
         0.0
     """
 
-    preset_kind = "perceptual"
-
     def __init__(
         self,
-        net: str = "vgg",
+        backbone: str = "vgg",
         input_range: tuple[float, float] = (0, 1),
-        backbone_weights: WeightsArg = "DEFAULT",
+        weights: WeightsArg = "DEFAULT",
         reduction: str = "mean",
+        channels_last: bool | None = None,
+        compute_dtype: torch.dtype | None = None,
+        *,
+        net: str | None = None,
+        backbone_weights: WeightsArg = _UNSET,
     ) -> None:
-        super().__init__()
-        check_choice("net", net, list(LPIPS_NETS))
-        check_reduction(reduction)
-        self.net_name = net
-        self.input_range = check_input_range(input_range)
-        self.reduction = reduction
+        if net is not None:
+            warnings.warn("LPIPSLoss(net=...) is deprecated: use backbone=...", FutureWarning, stacklevel=2)
+            backbone = net
+        if backbone_weights is not _UNSET:
+            warnings.warn("LPIPSLoss(backbone_weights=...) is deprecated: use weights=...", FutureWarning, stacklevel=2)
+            weights = backbone_weights
+        super().__init__(input_range, reduction)
+        check_choice("backbone", backbone, list(LPIPS_NETS))
+        self.backbone_name = backbone
         lpips = _import_lpips()
         with warnings.catch_warnings():  # lpips builds its random trunk with torchvision's deprecated `pretrained=`
             warnings.simplefilter("ignore", UserWarning)
-            model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
-        _load_trunk(model.net, LPIPS_NETS[net], backbone_weights)
-        self.scaling = model.scaling_layer
+            model = lpips.LPIPS(pretrained=True, net=backbone, pnet_rand=True, verbose=False)
+        _load_trunk(model.net, LPIPS_NETS[backbone], weights)
+        self.register_buffer("shift", model.scaling_layer.shift.detach().clone())
+        self.register_buffer("scale", model.scaling_layer.scale.detach().clone())
         self.trunk = model.net
         self.lins = model.lins
+        self.layer_weights = (1.0,) * len(self.lins)
         freeze(self)
         self.min_size = smallest_input(self.trunk)
+        self._configure(channels_last, compute_dtype)
 
-    def train(self, mode: bool = True) -> LPIPSLoss:
-        return super().train(False)
+    @property
+    def net_name(self) -> str:  # fastloss 0.1 name
+        return self.backbone_name
 
-    def _features(self, x: Tensor) -> list[Tensor]:
-        x = to_unit_range(x, self.input_range) * 2 - 1
-        return [unit_normalize(f) for f in self.trunk(self.scaling(x))]
+    def backbone(self) -> nn.Module:
+        return self.trunk
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target, self.min_size, self.scaling.shift.dtype)
-        with torch.no_grad():
-            target_feats = self._features(target)
-        input_feats = self._features(input)
-        per_sample = sum(
-            upcast(lin((a - b).square())).mean(dim=(1, 2, 3))
-            for lin, a, b in zip(self.lins, input_feats, target_feats, strict=True)
-        )
-        return reduce_loss(per_sample, self.reduction)
+    def prepare(self, x: Tensor) -> Tensor:
+        return (to_unit_range(x, self.input_range) * 2 - 1 - self.shift) / self.scale
+
+    def extract(self, x: Tensor) -> list[Tensor]:
+        return [unit_normalize(f) for f in self.trunk(x)]
+
+    def layer_distance(self, index: int, a: Tensor, b: Tensor) -> Tensor:
+        lin = self.lins[index]
+        diff = (a - b).square()
+        weight = lin.model[-1].weight
+        return upcast(lin(diff.to(weight.dtype))).mean(dim=(1, 2, 3))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for old, new in (("scaling.shift", "shift"), ("scaling.scale", "scale")):  # fastloss 0.1 names
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"net={self.net_name!r}, input_range={self.input_range}, reduction={self.reduction!r}"
+        return (
+            f"backbone={self.backbone_name!r}, input_range={self.input_range}, reduction={self.reduction!r}, "
+            f"channels_last={self.channels_last}, compute_dtype={self.compute_dtype}"
+        )

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_images, check_input_range, check_reduction, reduce_loss, upcast
+from .._validation import check_choice, upcast
 from ._backbones import FeatureExtractor, WeightsArg, named_stages, smallest_input, torchvision_model
+from ._feature import FeatureLoss, to_unit_range
 
-__all__ = ["BACKBONES", "PerceptualLoss"]
+__all__ = ["BACKBONES", "PerceptualLoss", "feature_distance", "to_unit_range"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,14 +42,6 @@ BACKBONES = {
 }
 
 
-def to_unit_range(x: Tensor, input_range: tuple[float, float]) -> Tensor:
-    """Map ``x`` from ``input_range`` to [0, 1] and repeat a single channel to three."""
-    low, high = input_range
-    if (low, high) != (0.0, 1.0):
-        x = (x - low) / (high - low)
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
 def feature_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     """Per-sample mean distance between two feature maps, computed in at least float32: shape ``(B,)``."""
     diff = upcast(a) - upcast(b)
@@ -56,7 +49,7 @@ def feature_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     return per.flatten(1).mean(1)
 
 
-class PerceptualLoss(nn.Module):
+class PerceptualLoss(FeatureLoss):
     r"""Perceptual loss on a frozen VGG16/VGG19/ResNet18 backbone from torchvision.
 
     Args:
@@ -69,11 +62,14 @@ class PerceptualLoss(nn.Module):
         weights: ``"DEFAULT"`` (torchvision ImageNet weights, downloaded by torchvision), ``None`` (random
             init: tests and offline benchmarks), a weight name, or a path to a local ``.pth`` state dict.
         reduction: ``"mean"`` | ``"sum"`` over the batch, or ``"none"`` for a ``(B,)`` tensor.
-        channels_last: run the backbone in ``torch.channels_last`` memory format (faster convolutions
-            on recent GPUs and with AMP).
+        channels_last: lay the backbone out in ``torch.channels_last`` once (``None``: channels-first,
+            and a preset may choose per device).
+        compute_dtype: cast the backbone's weights once to this dtype, e.g. ``torch.bfloat16``
+            (``None``: float32, and a preset may choose a native low precision per device).
 
     The backbone is truncated after the last used tap, frozen and kept in eval mode; target features
-    are computed under ``no_grad``. ImageNet mean/std are buffers.
+    are computed under ``no_grad``. ImageNet mean/std are buffers. Per-layer distances and the reduction
+    are computed in float32 whatever the backbone's dtype.
 
     Shape:
         - input, target: :math:`(B, C, H, W)` with :math:`C \in \{1, 3\}`.
@@ -86,8 +82,6 @@ class PerceptualLoss(nn.Module):
         0.0
     """
 
-    preset_kind = "perceptual"
-
     def __init__(
         self,
         backbone: str = "vgg19",
@@ -97,12 +91,12 @@ class PerceptualLoss(nn.Module):
         input_range: tuple[float, float] = (0, 1),
         weights: WeightsArg = "DEFAULT",
         reduction: str = "mean",
-        channels_last: bool = False,
+        channels_last: bool | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(input_range, reduction)
         check_choice("backbone", backbone, list(BACKBONES))
         check_choice("distance", distance, DISTANCES)
-        check_reduction(reduction)
         spec = BACKBONES[backbone]
         if isinstance(layers, str):
             raise TypeError(f"`layers` must be a sequence of layer names, got the string {layers!r}")
@@ -119,42 +113,28 @@ class PerceptualLoss(nn.Module):
         self.layers = layers
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.distance = distance
-        self.input_range = check_input_range(input_range)
-        self.reduction = reduction
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         model = torchvision_model(backbone, weights)
         self.features = FeatureExtractor(named_stages(backbone, model), layers)
         self.min_size = smallest_input(self.features)
-        self.channels_last = False
-        if channels_last:
-            self.use_channels_last()
+        self._configure(channels_last, compute_dtype)
 
-    def use_channels_last(self) -> PerceptualLoss:
-        """Run the backbone (and its inputs) in ``torch.channels_last`` memory format from now on."""
-        self.features.to(memory_format=torch.channels_last)
-        self.channels_last = True
-        return self
+    def backbone(self) -> nn.Module:
+        return self.features
 
-    def _features(self, x: Tensor) -> list[Tensor]:
-        x = (to_unit_range(x, self.input_range) - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def prepare(self, x: Tensor) -> Tensor:
+        return (to_unit_range(x, self.input_range) - self.mean) / self.std
+
+    def extract(self, x: Tensor) -> list[Tensor]:
         return self.features(x)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        input, target = check_images(input, target, self.min_size, self.mean.dtype)
-        with torch.no_grad():
-            target_feats = self._features(target)
-        input_feats = self._features(input)
-        per_sample = sum(
-            w * feature_distance(a, b, self.distance)
-            for w, a, b in zip(self.layer_weights, input_feats, target_feats, strict=True)
-        )
-        return reduce_loss(per_sample, self.reduction)
+    def layer_distance(self, index: int, a: Tensor, b: Tensor) -> Tensor:
+        return feature_distance(a, b, self.distance)
 
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone_name!r}, layers={self.layers}, distance={self.distance!r}, "
-            f"input_range={self.input_range}, reduction={self.reduction!r}"
+            f"input_range={self.input_range}, reduction={self.reduction!r}, channels_last={self.channels_last}, "
+            f"compute_dtype={self.compute_dtype}"
         )

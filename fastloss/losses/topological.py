@@ -346,6 +346,10 @@ class TopologicalLoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         return _topological_loss(self.config, input, target)
 
+    def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
+        """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
+        return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
+
     def extra_repr(self) -> str:
         c = self.config
         return (

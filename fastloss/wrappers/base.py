@@ -1,40 +1,113 @@
-"""The small base every wrapper shares: a step counter in ``state_dict`` and stack-wide stepping.
+"""The base every wrapper stands on: one explicit, compile-safe step clock per stack.
 
-A forward call through the *outermost* wrapper of a stack advances every wrapper in the stack by one
-step, but only when that wrapper is in training mode and grad is enabled. Inner wrappers that were
-skipped (e.g. inside an ``IntervalLoss`` off-step) are advanced all the same, so every wrapper of a
-stack agrees on the step. In eval mode or under ``torch.no_grad()`` nothing advances.
+A *stack* is an outermost wrapper and every wrapper inside it. It has exactly one clock: the outermost
+wrapper's ``step`` buffer (int64, saved in ``state_dict``, kept on the CPU whatever device the stack
+moves to, so reading it never synchronises a GPU). Inner wrappers read that same buffer
+(``inner.step is stack.step``), and writing it (``stack.step.fill_(n)`` or ``stack.set_step(n)``) takes
+effect at the next call. No thread-local or module-global state is involved, so stacks work under
+``torch.compile`` (the clock is read in small eager functions: graph breaks, never wrong values).
+
+The clock counts *training steps*. How it advances is the stack's ``clock`` mode:
+
+- ``"backward"`` (the default): once per backward pass that reaches the stack's output. Several calls
+  before one backward (deep supervision, several heads) share one step.
+- ``"optimizer"`` (set by :meth:`LossWrapper.attach`): once per ``optimizer.step()``. Right for
+  gradient accumulation (several backward passes per step).
+- ``"calls"``: once per training call (one call per step; fastloss 0.1's behaviour).
+- ``"manual"``: only :meth:`~LossWrapper.advance`, :meth:`~LossWrapper.set_step` or writing the buffer.
+
+Calls in eval mode or under ``torch.no_grad()`` never advance the clock.
+
+Each wrapper sees the clock through the wrappers around it: ``ScheduledWeight`` reads the training step;
+``IntervalLoss`` reads its *phase*, which an enclosing ``IntervalLoss(every=a, offset=o)`` turns into
+``(phase - o) // a`` (the index of the outer's computed steps). Nested intervals therefore compose:
+``every=a`` around ``every=b`` computes one step in ``a * b`` with gain ``a * b``, mean gain 1.
 """
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_tensor
+from .._validation import check_choice, check_tensor, upcast
 
-__all__ = ["LossWrapper", "zero_loss"]
+__all__ = ["CLOCKS", "LossWrapper", "loss_output_shape", "zero_loss"]
 
-_local = threading.local()
+CLOCKS = ("backward", "optimizer", "calls", "manual")
+
+# torch losses whose reduction="none" output has the broadcast shape of input and target
+_ELEMENTWISE = (
+    nn.L1Loss, nn.MSELoss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.KLDivLoss,
+    nn.SoftMarginLoss, nn.PoissonNLLLoss,
+)
 
 
-def zero_loss(input: Tensor, like: torch.Size | tuple = ()) -> Tensor:
-    """A zero that is safe to add and to backpropagate: it is attached to ``input``'s graph.
+def zero_loss(input: Tensor, shape: torch.Size | tuple = ()) -> Tensor:
+    """A zero of ``shape`` that is safe to add and to backpropagate: it is attached to ``input``'s graph.
 
     Being attached keeps every parameter "used" on skipped steps (DistributedDataParallel needs no
     ``find_unused_parameters``), and ``nan_to_num`` keeps a non-finite input from turning it into NaN.
+    Half-precision inputs give a float32 zero, like the losses' own (float32) results.
     """
-    anchor = torch.nan_to_num(input.sum(), nan=0.0, posinf=0.0, neginf=0.0) * 0
-    return anchor.expand(like) if len(like) else anchor
+    anchor = upcast(torch.nan_to_num(input.sum(), nan=0.0, posinf=0.0, neginf=0.0) * 0)
+    return anchor.expand(tuple(shape)) if len(shape) else anchor
+
+
+def _meta(shape: torch.Size | tuple, like: Tensor) -> Tensor:
+    return torch.empty(tuple(shape), dtype=like.dtype, device="meta")
+
+
+def loss_output_shape(loss: nn.Module, input: Tensor, target: Tensor | None) -> torch.Size:
+    """The shape ``loss(input, target)`` returns, derived from the inputs without computing the loss.
+
+    Rules, in order: the loss's own ``output_shape(input, target)`` (every fastloss loss and wrapper
+    has one; it only reads shapes); torch's element-wise losses (``()`` when reduced, else the broadcast
+    shape); any other module is run once on fake tensors (no computation, no data) — define
+    ``output_shape`` on such a loss to avoid that call.
+    """
+    own = getattr(loss, "output_shape", None)
+    if callable(own):
+        return torch.Size(own(input, target))
+    reduction = getattr(loss, "reduction", None)
+    if isinstance(loss, nn.modules.loss._Loss) and reduction in ("mean", "sum", "batchmean"):
+        return torch.Size(())
+    if isinstance(loss, _ELEMENTWISE) and reduction == "none" and target is not None:
+        return torch.broadcast_shapes(input.shape, target.shape)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake_input = mode.from_tensor(input if input.device.type != "meta" else torch.empty_like(input, device="cpu"))
+            fake_target = None
+            if target is not None:
+                fake_target = mode.from_tensor(
+                    target if target.device.type != "meta" else torch.empty_like(target, device="cpu"))
+            return torch.Size(loss(fake_input, fake_target).shape)
+    except Exception as exc:  # a loss that leaves torch (numpy, C++) cannot run on fake tensors
+        raise TypeError(
+            f"cannot derive the output shape of {type(loss).__name__} for a skipped step: give it a method "
+            f"`output_shape(input, target)` returning the shape its forward returns ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _walk_wrappers(module: nn.Module, enclosing: tuple, found: list) -> None:
+    """Every wrapper under ``module`` with the wrappers enclosing it (repeats kept, to detect sharing)."""
+    if isinstance(module, LossWrapper):
+        found.append((module, enclosing))
+        enclosing = (*enclosing, module)
+    for child in module._modules.values():
+        if child is not None:
+            _walk_wrappers(child, enclosing, found)
 
 
 class LossWrapper(nn.Module):
-    """Base class of the wrappers: holds ``loss`` and a ``step`` buffer, and drives the step.
+    """Base class of the wrappers: holds ``loss``, the stack's clock, and the stepping rules.
 
-    Subclasses implement :meth:`compute`; :meth:`forward` handles stepping.
+    Subclasses implement :meth:`compute`, and :meth:`gain` / :meth:`inner_phase` where they change the
+    value or the phase of the wrappers inside them.
     """
 
     def __init__(self, loss: nn.Module) -> None:
@@ -43,57 +116,219 @@ class LossWrapper(nn.Module):
             raise TypeError(f"`loss` must be an nn.Module (a loss to wrap), got {type(loss).__name__}")
         self.loss = loss
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._step = 0  # host mirror of `step`: reading it never synchronises a GPU
+        self._clock = "backward"
+        self._optimizer_hooks: list = []
+        object.__setattr__(self, "_root", self)  # plain attributes: not submodules, not in state_dict
+        object.__setattr__(self, "_enclosing", ())
+        self._adopt()
+
+    # --- the stack ----------------------------------------------------------------------------
+    def _adopt(self) -> None:
+        """Make every wrapper inside ``self.loss`` part of this stack: one clock, known enclosing wrappers."""
+        found: list = []
+        _walk_wrappers(self, (), found)
+        inside = {id(w) for w, _ in found}
+        seen: dict[int, LossWrapper] = {}
+        modes = set()
+        for w, _ in found:
+            if id(w) in seen:
+                raise ValueError(
+                    f"{type(w).__name__} appears twice in the stack of {type(self).__name__}: one wrapper instance "
+                    "would be stepped and gated twice per step; use two instances"
+                )
+            seen[id(w)] = w
+            if w is not self and id(w._root) not in inside:
+                raise ValueError(
+                    f"{type(w).__name__} already belongs to the stack of {type(w._root).__name__}: a wrapper is in "
+                    f"one stack only (one clock); build a new {type(w).__name__} for {type(self).__name__}"
+                )
+            if w is not self and w._root is w and w._clock != "backward":
+                modes.add(w._clock)
+        if len(modes) > 1:
+            raise ValueError(f"the wrapped stacks use different clocks {sorted(modes)}; set one with set_clock()")
+        for w, enclosing in found:
+            if w is not self:
+                w._buffers.pop("step", None)
+                object.__setattr__(w, "_root", self)
+            object.__setattr__(w, "_enclosing", enclosing)
+        if modes:
+            self._clock = modes.pop()
+
+    def __getattr__(self, name: str):
+        if name == "step":  # an inner wrapper's step is its stack's
+            root = self.__dict__.get("_root")
+            if root is not None and root is not self:
+                return root.step
+        return super().__getattr__(name)
+
+    @property
+    def root(self) -> LossWrapper:
+        """The outermost wrapper of this wrapper's stack (itself when it is not wrapped)."""
+        return self._root
+
+    def wrappers(self) -> Iterator[LossWrapper]:
+        """Every wrapper in this stack below and including this one (also inside composite losses)."""
+        return (m for m in self.modules() if isinstance(m, LossWrapper))
+
+    def innermost(self) -> nn.Module:
+        """The loss at the bottom of the stack (following ``.loss``)."""
+        loss = self.loss
+        while isinstance(loss, LossWrapper):
+            loss = loss.loss
+        return loss
 
     @property
     def preset_kind(self) -> str | None:
         return getattr(self.loss, "preset_kind", None)
 
-    # --- stepping -----------------------------------------------------------------------------
-    def wrappers(self) -> Iterator[LossWrapper]:
-        """Every wrapper in this stack, this one included (also inside composite losses)."""
-        return (m for m in self.modules() if isinstance(m, LossWrapper))
+    # --- the clock ----------------------------------------------------------------------------
+    @property
+    def clock(self) -> str:
+        """How the stack's step advances: ``"backward"``, ``"optimizer"``, ``"calls"`` or ``"manual"``."""
+        return self._root._clock
 
-    def advance(self) -> None:
-        """Advance every wrapper in the stack by one step."""
-        for w in self.wrappers():
-            w.step.add_(1)
-            w._step += 1
+    def set_clock(self, mode: str) -> LossWrapper:
+        """Choose how the stack's step advances (see the module docstring); returns ``self``."""
+        check_choice("mode", mode, CLOCKS)
+        if mode == "optimizer" and not self._root._optimizer_hooks:
+            raise ValueError("clock 'optimizer' needs an optimizer: call attach(optimizer)")
+        if mode != "optimizer":
+            self.detach()
+        self._root._clock = mode
+        return self
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> LossWrapper:
+        """Advance the stack once per ``optimizer.step()`` (and no longer on backward); returns ``self``.
+
+        The optimizer holds only a weak reference to the stack. :meth:`detach` undoes it. A copy of the
+        stack (``copy.deepcopy``, a preset, the benchmark harness) is not attached.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        root = self._root
+        ref = weakref.ref(root)
+
+        @torch.compiler.disable
+        def hook(opt, args, kwargs) -> None:
+            stack = ref()
+            if stack is not None:
+                stack.advance()
+
+        root._optimizer_hooks.append(optimizer.register_step_post_hook(hook))
+        root._clock = "optimizer"
+        return self
+
+    def detach(self) -> LossWrapper:
+        """Remove every optimizer hook of :meth:`attach`; the clock goes back to ``"backward"``."""
+        root = self._root
+        for handle in root._optimizer_hooks:
+            handle.remove()
+        root._optimizer_hooks = []
+        if root._clock == "optimizer":
+            root._clock = "backward"
+        return self
+
+    @torch.compiler.disable
+    def advance(self, steps: int = 1) -> None:
+        """Advance the stack's clock by ``steps``."""
+        self._root.step.add_(steps)
 
     def set_step(self, step: int) -> None:
-        """Set the step of the whole stack (resume, or drive schedules by the training loop's step)."""
+        """Set the stack's step (resume, or drive schedules by the training loop's own step)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"`step` must be a non-negative int, got {step!r}")
-        for w in self.wrappers():
-            w.step.fill_(step)
-            w._step = step
+        self._root.step.fill_(step)
+
+    @torch.compiler.disable
+    def current_step(self) -> int:
+        """The stack's training step (read from the one ``step`` buffer)."""
+        return int(self._root.step)
+
+    @torch.compiler.disable
+    def phase(self, step: int | None = None) -> int:
+        """This wrapper's phase at training step ``step`` (default: now): the step as seen through the
+        enclosing wrappers (each enclosing :class:`IntervalLoss` divides it by its ``every``)."""
+        phase = int(self._root.step) if step is None else step
+        for outer in self._enclosing:
+            phase = outer.inner_phase(phase)
+        return phase
+
+    def inner_phase(self, phase: int) -> int:
+        """The phase the wrappers inside this one see when this one is at ``phase`` (default: the same)."""
+        return phase
 
     @property
     def counting(self) -> bool:
-        """Whether this call is a training step (decided by the outermost wrapper of the call)."""
-        return getattr(_local, "counting", self.training and torch.is_grad_enabled())
+        """Whether a call now is a training call (training mode and grad enabled)."""
+        return self.training and torch.is_grad_enabled()
+
+    @torch.compiler.disable
+    def _tick(self, out: Tensor) -> Tensor:
+        """After a training call of the stack: advance the clock as its mode says."""
+        if not (self.training and torch.is_grad_enabled()):
+            return out
+        mode = self._clock
+        if mode == "calls" or (mode == "backward" and not (isinstance(out, Tensor) and out.requires_grad)):
+            self.advance()
+        elif mode == "backward":
+            produced_at = int(self.step)
+            ref = weakref.ref(self)
+
+            @torch.compiler.disable
+            def on_backward(grad: Tensor) -> None:
+                stack = ref()
+                # every output of one step carries this hook; the first backward through any of them advances
+                if stack is not None and int(stack.step) == produced_at:
+                    stack.step.add_(1)
+
+            out.register_hook(on_backward)
+        return out
+
+    # --- state --------------------------------------------------------------------------------
+    def _apply(self, fn, recurse: bool = True):
+        step = self._buffers.get("step")
+        result = super()._apply(fn, recurse)
+        if step is not None:  # the clock stays a CPU int64: reading it never synchronises a device
+            self._buffers["step"] = step
+        return result
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self._root is not self:  # fastloss 0.1 saved a step per wrapper: the stack's is the outermost's
+            state_dict.pop(prefix + "step", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._step = int(self.step)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        if state.get("_optimizer_hooks"):  # a copy is not attached to the original's optimizer
+            state["_optimizer_hooks"] = []
+            state["_clock"] = "backward"
+        return state
 
     # --- calling ------------------------------------------------------------------------------
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         check_tensor("input", input)
-        if hasattr(_local, "counting"):  # an inner wrapper: the outermost one steps the stack
-            return self.compute(input, target)
-        counting = self.training and torch.is_grad_enabled()
-        _local.counting = counting
-        try:
-            out = self.compute(input, target)
-        finally:
-            del _local.counting
-        if counting:
-            self.advance()
+        out = self.compute(input, target)
+        if self._root is self:
+            out = self._tick(out)
         return out
+
+    def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
+        """The shape :meth:`forward` returns for these inputs (the wrapped loss's, by default)."""
+        return loss_output_shape(self.loss, input, target)
+
+    def skipped(self, input: Tensor, target: Tensor | None) -> Tensor:
+        """The value of a skipped step: a zero shaped like a computed one, attached to ``input``."""
+        return zero_loss(input, self.output_shape(input, target))
 
     def gain(self) -> float:
         """The factor this wrapper applies at the current training step (0: the loss is skipped)."""
+        return 1.0
+
+    def mean_gain(self) -> float:
+        """The documented factor of this wrapper averaged over its window (the nesting contract)."""
         return 1.0
 
     def stack_gain(self) -> float:
@@ -102,6 +337,3 @@ class LossWrapper(nn.Module):
         for w in self.wrappers():
             g *= w.gain()
         return g
-
-    def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
-        raise NotImplementedError

@@ -21,12 +21,16 @@ masks) share one pairing entry. That only makes the approximate part coarser; th
 unaffected.
 
 Both caches are saved in ``state_dict`` (as tensors, via ``get_extra_state``), so a resumed run
-continues bitwise like an uninterrupted one; a pending async refresh is completed before saving.
+continues bitwise like an uninterrupted one; a pending async refresh is completed before saving. The
+configuration (``refresh_every``, ``max_entries``, ``refresh``) is saved too, but the constructor's wins
+on load (with a ``UserWarning`` when they differ): a checkpoint never turns an exact CachedPH approximate.
+:meth:`CachedPH.clear` drops pending refreshes, so nothing computed before it is served after it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -105,11 +109,11 @@ class CachedPH(LossWrapper):
             )
         if loss.config.betti is not None:
             raise ValueError("CachedPH needs target masks to recognise samples; a `betti` prior has none")
-        super().__init__(loss)
-        self.refresh_every = check_positive_int("refresh_every", refresh_every)
-        self.max_entries = check_positive_int("max_entries", max_entries)
+        check_positive_int("refresh_every", refresh_every)
+        check_positive_int("max_entries", max_entries)
         check_choice("refresh", refresh, REFRESH_MODES)
-        self.refresh = refresh
+        super().__init__(loss)
+        self.refresh_every, self.max_entries, self.refresh = refresh_every, max_entries, refresh
         self._reset_runtime()
         self.clear()
 
@@ -120,8 +124,10 @@ class CachedPH(LossWrapper):
         self._pending: dict[str, Future] = {}
 
     def clear(self) -> None:
-        """Empty both caches and zero the counters."""
-        self.wait()
+        """Empty both caches, drop pending background refreshes (never served after this) and zero the counters."""
+        for future in getattr(self, "_pending", {}).values():
+            future.cancel()  # a refresh already running finishes in the background; its result is dropped
+        self._pending = {}
         self._betti: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._pairings: OrderedDict[str, _Pairing] = OrderedDict()
         self._stats = dict.fromkeys(
@@ -263,9 +269,16 @@ class CachedPH(LossWrapper):
 
     def set_extra_state(self, state: dict) -> None:
         self.close()
-        self.refresh_every = state["refresh_every"]
-        self.max_entries = state["max_entries"]
-        self.refresh = state["refresh"]
+        # The constructor's configuration wins: a checkpoint must never make an exact CachedPH approximate.
+        differs = {k: (state[k], getattr(self, k)) for k in ("refresh_every", "max_entries", "refresh")
+                   if state.get(k, getattr(self, k)) != getattr(self, k)}
+        if differs:
+            warnings.warn(
+                "CachedPH: the checkpoint was saved with "
+                + ", ".join(f"{k}={old!r}" for k, (old, _) in differs.items())
+                + "; keeping this CachedPH's " + ", ".join(f"{k}={new!r}" for k, (_, new) in differs.items()),
+                UserWarning, stacklevel=2,
+            )
 
         def unpack(tensors: list[Tensor]) -> BarSelection:
             return BarSelection(*(t.numpy().astype(np.int64) for t in tensors))
@@ -277,11 +290,16 @@ class CachedPH(LossWrapper):
             done.set_result(unpack(tensors))
             self._pending[key] = done
         self._stats = dict(state["stats"])
+        for cache in (self._betti, self._pairings):  # a smaller max_entries than the checkpoint's: evict LRU
+            while len(cache) > self.max_entries:
+                old, _ = cache.popitem(last=False)
+                self._pending.pop(old, None)
+                self._stats["evictions"] += 1
 
     def __getstate__(self) -> dict:
         # threads and futures do not copy or pickle: keep finished results, rebuild the rest lazily
         self.wait()
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state.update(_executor=None, _finalizer=None, _pending={k: f.result() for k, f in self._pending.items()})
         return state
 

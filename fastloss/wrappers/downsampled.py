@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_ndim
-from .base import LossWrapper
+from .base import LossWrapper, _meta, loss_output_shape
 
 __all__ = ["DownsampledLoss"]
 
@@ -36,7 +37,8 @@ class DownsampledLoss(LossWrapper):
         size: output spatial size instead of ``factor``.
         mode: ``"area"`` (average pooling; images), ``"bilinear"`` (bilinear/trilinear interpolation)
             or ``"max"`` (max pooling; for topology: keeps thin foreground connected; the target mask is
-            max-pooled too so it stays binary).
+            max-pooled too so it stays binary). ``None`` (default) picks by the wrapped loss's kind:
+            ``"max"`` for topology losses, ``"area"`` otherwise.
         antialias: low-pass before bilinear downsampling (2D only; torch has no 3D antialias).
 
     Example:
@@ -50,21 +52,22 @@ class DownsampledLoss(LossWrapper):
         loss: nn.Module,
         factor: int | Sequence[int] | None = None,
         size: Sequence[int] | None = None,
-        mode: str = "area",
+        mode: str | None = None,
         antialias: bool = True,
     ) -> None:
-        super().__init__(loss)
+        if mode is None:
+            mode = "max" if getattr(loss, "preset_kind", None) == "topology" else "area"
         check_choice("mode", mode, MODES)
         if factor is not None and size is not None:
             raise ValueError(f"give either `factor` or `size`, not both (got factor={factor!r}, size={size!r})")
-        self.factor = 2 if factor is None and size is None else factor
-        self.size = None if size is None else tuple(size)
-        self.mode = mode
-        self.antialias = antialias
-        if self.factor is not None:
-            _per_dim("factor", self.factor, 1 if isinstance(self.factor, int) else len(self.factor))
+        factor = 2 if factor is None and size is None else factor
+        size = None if size is None else tuple(size)
+        if factor is not None:
+            _per_dim("factor", factor, 1 if isinstance(factor, int) else len(factor))
         else:
-            _per_dim("size", self.size, len(self.size))
+            _per_dim("size", size, len(size))
+        super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
+        self.factor, self.size, self.mode, self.antialias = factor, size, mode, antialias
 
     def output_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The spatial size the wrapped loss sees for an input of spatial size ``spatial``."""
@@ -105,6 +108,13 @@ class DownsampledLoss(LossWrapper):
         size = self.output_size(input.shape[2:])
         small_target = None if target is None else self.resize(target, size)
         return self.loss(self.resize(input, size), small_target)
+
+    def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
+        check_ndim("input", input, (4, 5), "B, C, H, W or B, C, D, H, W")
+        size = self.output_size(input.shape[2:])
+        small = (*input.shape[:2], *size)
+        small_target = None if target is None else _meta((*target.shape[:2], *size), target)
+        return loss_output_shape(self.loss, _meta(small, input), small_target)
 
     def extra_repr(self) -> str:
         how = f"size={self.size}" if self.size is not None else f"factor={self.factor}"

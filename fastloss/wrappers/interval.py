@@ -5,19 +5,25 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from .base import LossWrapper, zero_loss
+from .base import LossWrapper
 
 __all__ = ["IntervalLoss"]
 
 
 class IntervalLoss(LossWrapper):
-    r"""Compute ``loss`` on training steps where ``(step - offset) % every == 0`` only.
+    r"""Compute ``loss`` on one training step in ``every``; the others return a zero without calling it.
 
-    On those steps the result is multiplied by ``every`` when ``compensate`` (StyleGAN2's lazy
-    regularisation: the expected gradient over a window of ``every`` steps is unchanged). On the other
-    steps it returns a zero that is safe to add and to backpropagate, without calling ``loss``. In eval
-    mode or under ``torch.no_grad()`` the loss is computed on every call with gain 1, so validation
-    numbers stay exact.
+    On the computed steps the result is multiplied by ``every`` when ``compensate`` (StyleGAN2's lazy
+    regularisation): over each window of ``every`` steps the mean value, and the expected gradient, equal
+    the exact loss's (gain 1). Without ``compensate`` the mean gain is ``1 / every``. A skipped step returns
+    a zero shaped like a computed step's output (derived from the input, for every reduction and batch
+    size), attached to the input's graph so it is safe to add and to backpropagate. In eval mode or
+    under ``torch.no_grad()`` the loss is computed on every call with gain 1, so validation is exact.
+
+    Which steps compute: those where the wrapper's *phase* satisfies ``(phase - offset) % every == 0``.
+    The phase is the stack's training step, divided by the ``every`` of each enclosing IntervalLoss, so
+    ``IntervalLoss(IntervalLoss(loss, every=b), every=a)`` computes one step in ``a * b`` with gain
+    ``a * b`` (mean gain 1), never the same step twice.
 
     Args:
         loss: the loss to wrap.
@@ -28,36 +34,47 @@ class IntervalLoss(LossWrapper):
     Example:
         >>> loss = IntervalLoss(torch.nn.L1Loss(), every=2)
         >>> x = torch.ones(3, requires_grad=True)
-        >>> [loss(x, torch.zeros(3)).item() for _ in range(4)]
+        >>> values = []
+        >>> for _ in range(4):
+        ...     value = loss(x, torch.zeros(3))
+        ...     value.backward()  # the clock advances once per backward pass
+        ...     values.append(value.item())
+        >>> values
         [2.0, 0.0, 2.0, 0.0]
     """
 
     def __init__(self, loss: nn.Module, every: int = 4, compensate: bool = True, offset: int = 0) -> None:
-        super().__init__(loss)
-        self.every = check_positive_int("every", every)
+        check_positive_int("every", every)
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < every:
             raise ValueError(f"`offset` must be an int in [0, {every - 1}], got {offset!r}")
+        if not isinstance(compensate, bool):
+            raise TypeError(f"`compensate` must be a bool, got {type(compensate).__name__}")
+        super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
+        self.every = every
         self.compensate = compensate
         self.offset = offset
-        self._shape: tuple = ()
 
     def active(self, step: int | None = None) -> bool:
         """Whether the wrapped loss is computed at training step ``step`` (default: the current one)."""
-        step = self._step if step is None else step
-        return (step - self.offset) % self.every == 0
+        return (self.phase(step) - self.offset) % self.every == 0
+
+    def inner_phase(self, phase: int) -> int:
+        return (phase - self.offset) // self.every
 
     def gain(self) -> float:
         if not self.active():
             return 0.0
         return float(self.every) if self.compensate else 1.0
 
+    def mean_gain(self) -> float:
+        return 1.0 if self.compensate else 1.0 / self.every
+
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         if not self.counting:
             return self.loss(input, target)
         if not self.active():
-            return zero_loss(input, self._shape)
+            return self.skipped(input, target)
         out = self.loss(input, target)
-        self._shape = tuple(out.shape)
         return out * self.every if self.compensate else out
 
     def extra_repr(self) -> str:

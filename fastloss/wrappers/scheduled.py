@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .base import LossWrapper, zero_loss
+from .base import LossWrapper
 
 __all__ = ["ScheduledWeight"]
 
@@ -15,27 +15,34 @@ __all__ = ["ScheduledWeight"]
 class ScheduledWeight(LossWrapper):
     r"""Return ``schedule(step) * loss(input, target)``; while the weight is 0 the loss is not called.
 
-    ``schedule`` maps the step to a finite, non-negative weight: use :mod:`fastloss.schedules`
-    (constant, piecewise, delayed start, linear warm-up, cosine decay; each can speak in epochs) or
-    any callable. In eval mode the weight of the current step applies and nothing advances.
+    ``schedule`` maps the stack's *training step* to a finite, non-negative weight: use
+    :mod:`fastloss.schedules` (constant, piecewise, delayed start, linear warm-up, cosine decay; each can
+    speak in epochs) or any callable. Inside an :class:`IntervalLoss` the schedule still reads the
+    training step, so a delayed start means the same step wherever the wrapper sits. At weight 0 it
+    returns a zero shaped like a computed output. In eval mode the weight of the current step applies.
 
     Example:
         >>> from fastloss import schedules
         >>> loss = ScheduledWeight(torch.nn.L1Loss(), schedules.delayed(start=2))
         >>> x = torch.ones(3, requires_grad=True)
-        >>> [loss(x, torch.zeros(3)).item() for _ in range(3)]
+        >>> values = []
+        >>> for _ in range(3):
+        ...     value = loss(x, torch.zeros(3))
+        ...     value.backward()
+        ...     values.append(value.item())
+        >>> values
         [0.0, 0.0, 1.0]
     """
 
     def __init__(self, loss: nn.Module, schedule: Callable[[int], float]) -> None:
-        super().__init__(loss)
         if not callable(schedule):
             raise TypeError(f"`schedule` must be callable (step -> weight), got {type(schedule).__name__}")
+        super().__init__(loss)
         self.schedule = schedule
 
     def weight(self, step: int | None = None) -> float:
-        """The weight at ``step`` (default: the current step)."""
-        step = self._step if step is None else step
+        """The weight at training step ``step`` (default: the current step)."""
+        step = self.current_step() if step is None else step
         w = self.schedule(step)
         try:
             w = float(w)
@@ -48,10 +55,13 @@ class ScheduledWeight(LossWrapper):
     def gain(self) -> float:
         return self.weight()
 
+    def mean_gain(self) -> float:
+        return self.weight()
+
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         w = self.weight()
         if w == 0:
-            return zero_loss(input)
+            return self.skipped(input, target)
         out = self.loss(input, target)
         return out if w == 1 else out * w
 

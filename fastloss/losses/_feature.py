@@ -1,0 +1,157 @@
+r"""The one base behind the feature-matching losses (:class:`PerceptualLoss`, :class:`LPIPSLoss`).
+
+.. math::
+
+    L(x, y) = \sum_l w_l \, D_l\big(\phi_l(x), \phi_l(y)\big)
+
+with :math:`\phi_l` the taps of a frozen backbone and :math:`D_l` a per-sample distance. The base owns
+everything the two losses share: input validation, the target's features (under ``no_grad``; also
+reachable through :meth:`FeatureLoss.target_features` so :class:`fastloss.CachedTarget` can cache
+them), the weighted sum and its float32 reduction, the eval lock, and the backbone's fast path:
+
+- ``channels_last``: the backbone's weights are converted once and its input made channels-last
+  on entry (no per-call weight re-layout);
+- ``compute_dtype``: the backbone's weights are cast once to a low-precision dtype; inputs are cast on
+  entry, and the per-layer distances and the reduction stay in float32. This replaces autocast, which
+  re-casts every weight on every call.
+
+Both start unset (``None``): the loss then runs channels-first in float32, and a preset may choose
+them for the device it runs on. A value given explicitly is never overridden by a preset.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_images, check_input_range, check_reduction, reduce_loss, upcast
+
+__all__ = ["FeatureLoss", "to_unit_range"]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def to_unit_range(x: Tensor, input_range: tuple[float, float]) -> Tensor:
+    """Map ``x`` from ``input_range`` to [0, 1] and repeat a single channel to three."""
+    low, high = input_range
+    if (low, high) != (0.0, 1.0):
+        x = (x - low) / (high - low)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class FeatureLoss(nn.Module):
+    """Base class: subclasses build a frozen backbone and implement :meth:`backbone`, :meth:`extract`
+    and :meth:`layer_distance`, and set ``layer_weights``."""
+
+    preset_kind = "perceptual"
+    layer_weights: tuple[float, ...]
+
+    def __init__(self, input_range: tuple[float, float], reduction: str) -> None:
+        super().__init__()
+        check_reduction(reduction)
+        self.input_range = check_input_range(input_range)
+        self.reduction = reduction
+        self.channels_last = False
+        self.explicit: dict[str, object] = {}  # settings the user gave: presets never override them
+        self.min_size = 1
+
+    def _configure(self, channels_last: bool | None, compute_dtype: torch.dtype | None) -> None:
+        """Apply the fast-path settings given to the constructor (call once the backbone exists)."""
+        if channels_last is not None:
+            if not isinstance(channels_last, bool):
+                raise TypeError(f"`channels_last` must be a bool or None, got {type(channels_last).__name__}")
+            self.explicit["channels_last"] = channels_last
+            self.use_channels_last(channels_last)
+        if compute_dtype is not None:
+            self.explicit["compute_dtype"] = compute_dtype
+            self.use_dtype(compute_dtype)
+
+    # --- subclass API -------------------------------------------------------------------------
+    def backbone(self) -> nn.Module:
+        """The frozen network whose weights the fast path casts and re-lays out."""
+        raise NotImplementedError
+
+    def extract(self, x: Tensor) -> list[Tensor]:
+        """The taps' outputs for images ``x`` already in [0, 1] with 3 channels (any dtype/layout)."""
+        raise NotImplementedError
+
+    def layer_distance(self, index: int, a: Tensor, b: Tensor) -> Tensor:
+        """Per-sample distance ``(B,)`` between input and target features of tap ``index``, in float32."""
+        raise NotImplementedError
+
+    # --- the fast path ------------------------------------------------------------------------
+    def use_channels_last(self, enabled: bool = True) -> FeatureLoss:
+        """Lay the backbone's weights out channels-last once (and its inputs on entry); returns ``self``."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for module in self.backbone().modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=fmt)
+        self.channels_last = enabled
+        return self
+
+    def use_dtype(self, dtype: torch.dtype) -> FeatureLoss:
+        """Cast the backbone's weights once to ``dtype`` (e.g. ``torch.bfloat16``); returns ``self``.
+
+        Inputs are cast to it on entry; distances and the reduction stay in float32.
+        """
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`compute_dtype` must be a floating-point torch.dtype, got {dtype!r}")
+        self.backbone().to(dtype)
+        if self.channels_last:
+            self.use_channels_last(True)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the backbone computes in (its weights' dtype)."""
+        return next(self.backbone().parameters()).dtype
+
+    # --- shared computation -------------------------------------------------------------------
+    def _buffer_dtype(self) -> torch.dtype:
+        buffers = list(self.buffers(recurse=False))
+        return buffers[0].dtype if buffers else torch.float32
+
+    def check(self, input: object, target: object) -> tuple[Tensor, Tensor]:
+        """Validate a call; returns the images in the loss's float dtype (float32, or float64 after ``.double()``)."""
+        return check_images(input, target, self.min_size, self._buffer_dtype())
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Images from ``input_range`` to what the backbone takes (subclasses add their normalisation)."""
+        return to_unit_range(x, self.input_range)
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """The taps' outputs for validated images ``x`` (normalised in float32, then cast and laid out)."""
+        x = self.prepare(x)
+        dtype = self.compute_dtype
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.extract(x)
+
+    def target_features(self, target: Tensor) -> list[Tensor]:
+        """The target's features, without autograd (they are constants of the loss)."""
+        with torch.no_grad():
+            return self.feature_maps(target)
+
+    def combine(self, input_feats: list[Tensor], target_feats: list[Tensor]) -> Tensor:
+        """The weighted sum of per-layer distances, reduced in float32."""
+        per_sample = sum(
+            w * upcast(self.layer_distance(i, a, b))
+            for i, (w, a, b) in enumerate(zip(self.layer_weights, input_feats, target_feats, strict=True))
+        )
+        return reduce_loss(per_sample, self.reduction)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        input, target = self.check(input, target)
+        target_feats = self.target_features(target)
+        return self.combine(self.feature_maps(input), target_feats)
+
+    def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
+        """``(B,)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
+        return torch.Size((input.shape[0],) if self.reduction == "none" else ())
+
+    def train(self, mode: bool = True) -> FeatureLoss:
+        """Always eval: a frozen backbone's BatchNorm statistics and dropout never change."""
+        return super().train(False)
