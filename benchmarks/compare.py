@@ -7,8 +7,10 @@ Exit code 1 with ``--fail-on-regression`` when a speedup or a deviation regresse
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from fastloss.bench.regression import compare_results, format_rows, load
+from fastloss.bench.report import machine_summary, same_machine
 
 
 def _percent(text: str) -> float:
@@ -24,7 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the Mann-Whitney U test")
     parser.add_argument("--fail-on-regression", action="store_true")
     args = parser.parse_args(argv)
-    rows = compare_results(load(args.baseline), load(args.current), args.threshold, args.alpha)
+    baseline, current = load(args.baseline), load(args.current)
+    differ = same_machine(baseline.get("machine_info", {}), current.get("machine_info", {}))
+    if differ:
+        message = (f"the two results come from different machines ({', '.join(differ)} differ): "
+                   f"baseline = {machine_summary(baseline.get('machine_info', {}))}; "
+                   f"current = {machine_summary(current.get('machine_info', {}))}. Speedups are ratios, but "
+                   "they still depend on the machine (e.g. native bfloat16 or not)")
+        warnings.warn(message, UserWarning, stacklevel=1)
+        print(f"WARNING: {message}\n")
+    rows = compare_results(baseline, current, args.threshold, args.alpha)
     print(format_rows(rows))
     regressions = [r for r in rows if r.regression]
     print(f"\n{len(regressions)} regression(s) in {len(rows)} comparison(s) (threshold {args.threshold:.0%})")

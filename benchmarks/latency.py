@@ -23,7 +23,7 @@ LOSSES = {
     "vgg19": lambda: fastloss.PerceptualLoss("vgg19", weights=None),
     "vgg16": lambda: fastloss.PerceptualLoss("vgg16", weights=None),
     "resnet18": lambda: fastloss.PerceptualLoss("resnet18", weights=None),
-    "lpips": lambda: fastloss.LPIPSLoss(backbone_weights=None),
+    "lpips": lambda: fastloss.LPIPSLoss(weights=None),
 }
 
 

@@ -61,5 +61,5 @@ CASES = {
     "vgg19": Case("PerceptualLoss(vgg19)", lambda: fastloss.PerceptualLoss("vgg19", weights=None), _perceptual_workloads),
     "resnet18": Case("PerceptualLoss(resnet18)", lambda: fastloss.PerceptualLoss("resnet18", weights=None),
                      _perceptual_workloads),
-    "lpips": Case("LPIPSLoss(vgg)", lambda: fastloss.LPIPSLoss(backbone_weights=None), _perceptual_workloads),
+    "lpips": Case("LPIPSLoss(vgg)", lambda: fastloss.LPIPSLoss(weights=None), _perceptual_workloads),
 }

@@ -1,25 +1,31 @@
 """fastloss: make expensive training losses cheap, and measure what it costs in accuracy."""
 
-from . import functional, schedules
+from . import functional, hardware, schedules
+from .autotune import AutotuneResult, autotune
 from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
-from .presets import list_presets, preset, register_preset
+from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
 from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper, ScheduledWeight
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AMPLoss",
+    "AutotuneResult",
     "CachedPH",
     "DownsampledLoss",
     "IntervalLoss",
     "LPIPSLoss",
     "LossWrapper",
     "PerceptualLoss",
+    "PresetLoss",
     "ScheduledWeight",
     "TopologicalLoss",
+    "autotune",
     "functional",
+    "hardware",
     "list_presets",
     "preset",
     "register_preset",
     "schedules",
+    "unregister_preset",
 ]

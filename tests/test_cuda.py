@@ -31,7 +31,7 @@ def test_topology_on_cuda_equals_cpu():
 @pytest.mark.parametrize("make", [
     lambda: fastloss.PerceptualLoss("vgg19", weights=None),
     lambda: fastloss.PerceptualLoss("resnet18", weights=None),
-    lambda: fastloss.LPIPSLoss(backbone_weights=None),
+    lambda: fastloss.LPIPSLoss(weights=None),
 ])
 def test_image_losses_on_cuda_close_to_cpu(make):
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def test_image_losses_on_cuda_close_to_cpu(make):
 
 
 def test_amp_default_float16_on_cuda_and_lpips_trap():
-    loss = AMPLoss(fastloss.LPIPSLoss(backbone_weights=None)).to(CUDA)
+    loss = AMPLoss(fastloss.LPIPSLoss(weights=None)).to(CUDA)
     assert loss.autocast_dtype(CUDA) == torch.float16
     for x, y in [(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)), (torch.full((1, 3, 64, 64), 0.5),) * 2]:
         value, grad = grads(loss, x.to(CUDA), y.to(CUDA))

@@ -89,7 +89,7 @@ def image_losses():
     return {
         "vgg16": vgg,
         "resnet18": fastloss.PerceptualLoss("resnet18", layers=["layer1"], weights=None),
-        "lpips": fastloss.LPIPSLoss(backbone_weights=None),
+        "lpips": fastloss.LPIPSLoss(weights=None),
         "amp-down-interval": IntervalLoss(DownsampledLoss(AMPLoss(vgg), factor=2), every=2),
     }
 

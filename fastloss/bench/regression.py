@@ -37,7 +37,8 @@ def load(path: str | Path) -> dict:
 
 
 def _candidates(results: dict) -> dict[str, dict]:
-    return {b["fullname"]: b["extra_info"] for b in results["benchmarks"] if not b["params"].get("reference")}
+    return {b["fullname"]: b["extra_info"] for b in results["benchmarks"]
+            if not b["params"].get("reference") and not str(b["extra_info"].get("status", "")).startswith("dropped")}
 
 
 def compare_results(baseline: dict, current: dict, threshold: float = 0.05, alpha: float = 0.05) -> list[Comparison]:

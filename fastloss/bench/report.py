@@ -11,12 +11,16 @@ from pathlib import Path
 
 import torch
 
+from .. import hardware
 from .harness import CandidateResult, Report
 
-__all__ = ["machine_info", "markdown_table", "plot", "to_json", "write_json"]
+__all__ = ["machine_info", "machine_summary", "markdown_table", "plot", "same_machine", "to_json", "write_json"]
 
 
 def machine_info(device: str = "cpu", threads: int = 1) -> dict:
+    """Where a figure was measured: the CPU model, torch's CPU capability, the native low-precision
+    dtypes, and on CUDA the GPU's name and compute capability (see :mod:`fastloss.hardware`)."""
+    cpu = hardware.capabilities("cpu")
     info = {
         "node": platform.node(),
         "processor": platform.processor() or platform.machine(),
@@ -24,12 +28,38 @@ def machine_info(device: str = "cpu", threads: int = 1) -> dict:
         "system": platform.system(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
+        "cpu_model": hardware.cpu_model(),
+        "cpu_capability": cpu.cpu_capability,
+        "cpu_native_low_precision": [str(d).replace("torch.", "") for d in cpu.native_dtypes],
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "device": device,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": None,
     }
+    if torch.device(device).type == "cuda":
+        caps = hardware.capabilities(device)
+        info["cuda"] = caps.name
+        info["cuda_compute_capability"] = list(caps.compute_capability) if caps.compute_capability else None
+        info["cuda_native_low_precision"] = [str(d).replace("torch.", "") for d in caps.native_dtypes]
+        info["tf32"] = {"conv": caps.tf32_conv, "matmul": caps.tf32_matmul}
     return info
+
+
+def machine_summary(info: dict) -> str:
+    """One line naming the machine a result came from (for table headers and comparisons)."""
+    low = ", ".join(info.get("cpu_native_low_precision") or []) or "none"
+    line = (f"{info.get('cpu_model', info.get('processor', '?'))}, {info.get('cpu_count', '?')} cores, "
+            f"torch CPU capability {info.get('cpu_capability', '?')}, native CPU low precision: {low}")
+    if info.get("cuda"):
+        cc = info.get("cuda_compute_capability")
+        line = f"{info['cuda']}" + (f" (compute capability {cc[0]}.{cc[1]})" if cc else "") + f"; host: {line}"
+    return line
+
+
+def same_machine(a: dict, b: dict) -> list[str]:
+    """The fields that differ between two ``machine_info`` records (empty: the same kind of machine)."""
+    keys = ("cpu_model", "cpu_capability", "cpu_native_low_precision", "cpu_count", "cuda", "torch_threads", "device")
+    return [k for k in keys if a.get(k) != b.get(k)]
 
 
 def commit_info() -> dict:
@@ -45,7 +75,7 @@ def commit_info() -> dict:
 def _entry(report: Report, res: CandidateResult, reference: bool) -> dict:
     import numpy as np
 
-    data = np.asarray(res.round_times)
+    data = np.asarray(res.round_times if res.round_times else [float("nan")])
     q1, q3 = (float(np.quantile(data, q)) for q in (0.25, 0.75))
     stats = {
         "min": float(data.min()), "max": float(data.max()), "mean": float(data.mean()),
@@ -61,7 +91,11 @@ def _entry(report: Report, res: CandidateResult, reference: bool) -> dict:
         "description": res.description,
     }
     if not reference:
+        extra["status"] = res.status
+        if res.first_step_ratio is not None:
+            extra["first_step_ratio"] = res.first_step_ratio
         extra["speedup"] = res.speedup_summary()
+        extra["speedup_vs"] = {name: res.speedup_summary(against=name) for name in res.speedups_vs}
         extra["deviation"] = res.deviation
         if res.cache is not None:
             extra["cache"] = res.cache
@@ -79,14 +113,15 @@ def _entry(report: Report, res: CandidateResult, reference: bool) -> dict:
 def to_json(reports: list[Report], notes: list[str] | None = None) -> dict:
     first = reports[0] if reports else None
     return {
-        "machine_info": machine_info(first.device if first else "cpu", first.threads if first else 1),
+        "machine_info": first.machine if first is not None and first.machine else machine_info(),
         "commit_info": commit_info(),
         "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "version": __import__("fastloss").__version__,
         "notes": list(notes or []),
         "benchmarks": [
             entry for r in reports
-            for entry in [_entry(r, r.reference, True), *(_entry(r, c, False) for c in r.candidates.values())]
+            for entry in [_entry(r, r.reference, True), *(_entry(r, b, True) for b in r.baselines.values()),
+                          *(_entry(r, c, False) for c in r.candidates.values())]
         ],
     }
 
@@ -117,32 +152,63 @@ def _flops(f) -> str:
 
 
 def markdown_table(report: Report) -> str:
-    """One row per candidate: speedup (95% CI), step-time percentiles and deviation figures."""
+    """One row per candidate: speedup (95% CI, also against each baseline), step-time percentiles,
+    deviation figures; dropped candidates with their reason. The header names the machine."""
+    base_names = list(report.baselines)
+    base_cols = "".join(f" speedup vs {b} |" for b in base_names)
+    machine = machine_summary(report.machine) if report.machine else report.device
     lines = [
         f"### {report.loss} on {report.workload} ({report.device}, {report.threads} thread(s), "
         f"{report.rounds} rounds x {report.steps} steps)",
         "",
-        "| candidate | speedup [95% CI] | ms/step p50 / p95 / p99 | loss err med / p95 | grad cos med / p5 "
+        f"Machine: {machine}.",
+        "",
+        f"| candidate | speedup [95% CI] |{base_cols} ms/step p50 / p95 / p99 | loss err med / p95 | grad cos med / p5 "
         "| accum cos | low-pass cos | ladder Spearman | peak MiB | GFLOP/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|" + "---|" * len(base_names) + "---|---|---|---|---|---|---|---|",
     ]
     ref = report.reference.step_summary()
+    ref_vs = "".join(f" {_fmt(_median(report.reference.round_times, report.baselines[b].round_times), '.2f')} |"
+                     for b in base_names)
     lines.append(
-        f"| reference | 1.00 | {_fmt(ref['p50'], '.1f')} / {_fmt(ref['p95'], '.1f')} / {_fmt(ref['p99'], '.1f')} "
+        f"| reference | 1.00 |{ref_vs} {_fmt(ref['p50'], '.1f')} / {_fmt(ref['p95'], '.1f')} / {_fmt(ref['p99'], '.1f')} "
         f"| 0 | 1 | 1 | 1 | 1 | {_bytes(report.reference.memory_bytes)} | {_flops(report.reference.flops_per_step)} |"
     )
+    for bname, bres in report.baselines.items():
+        p = bres.step_summary()
+        cells = "".join(" 1.00 |" if b == bname else f" {_fmt(bres.speedup_summary(against=b)['median'], '.2f')} |"
+                        for b in base_names)
+        lines.append(
+            f"| {bname} (baseline) | {_fmt(bres.speedup_summary()['median'], '.2f')} |{cells} "
+            f"{_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} | - | - | - | - | - "
+            f"| {_bytes(bres.memory_bytes)} | {_flops(bres.flops_per_step)} |"
+        )
     for res in report.candidates.values():
+        if res.dropped:
+            empty = " - |" * len(base_names)
+            lines.append(f"| {res.name} | **{res.status}** |{empty} - | - | - | - | - | - | - | - |")
+            continue
         s, p, d = res.speedup_summary(), res.step_summary(), res.deviation
         err, cos, low = d.get("loss_rel_error", {}), d.get("grad_cosine", {}), d.get("lowpass_grad_cosine", {})
+        vs = "".join(f" {_fmt(res.speedup_summary(against=b)['median'], '.2f')} |" for b in base_names)
         lines.append(
-            f"| {res.name} | {_fmt(s['median'], '.2f')} [{_fmt(s['ci95'][0], '.2f')}, {_fmt(s['ci95'][1], '.2f')}] "
-            f"| {_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} "
+            f"| {res.name} | {_fmt(s['median'], '.2f')} [{_fmt(s['ci95'][0], '.2f')}, {_fmt(s['ci95'][1], '.2f')}] |{vs} "
+            f"{_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} "
             f"| {_fmt(err.get('median'), '.2%')} / {_fmt(err.get('p95'), '.2%')} "
             f"| {_fmt(cos.get('median'))} / {_fmt(cos.get('p5'))} | {_fmt(d.get('accumulated_grad_cosine'))} "
             f"| {_fmt(low.get('median'))} | {_fmt(d.get('ladder_spearman'))} | {_bytes(res.memory_bytes)} "
             f"| {_flops(res.flops_per_step)} |"
         )
     return "\n".join(lines)
+
+
+def _median(reference_times: list[float], other_times: list[float]) -> float | None:
+    """Median per-round speedup of the reference over another loss."""
+    import numpy as np
+
+    if not reference_times or len(reference_times) != len(other_times):
+        return None
+    return float(np.median([o / r for r, o in zip(reference_times, other_times, strict=True)]))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -162,6 +228,8 @@ def plot(report: Report, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     points, labels = [(1.0, 1.0)], ["reference"]
     for res in report.candidates.values():
+        if res.dropped:
+            continue
         cos = res.deviation.get("grad_cosine", {}).get("median")
         points.append((res.speedup_summary()["median"], cos if cos is not None else float("nan")))
         labels.append(res.name)

@@ -1,0 +1,194 @@
+"""What a device computes natively: low-precision dtypes, TF32, and the names that identify it.
+
+``capabilities(device)`` answers, for a :class:`torch.device`, whether float16 and bfloat16 compute is
+*native* there or emulated, and whether TF32 is enabled for convolutions and matmuls. fastloss uses it
+so a wrapper never silently runs tens of times slower: bfloat16 autocast is about 2x faster than
+float32 on a CPU with AVX512-BF16 or AMX, and about 80x *slower* on an AVX2-only CPU, where it is
+emulated.
+
+- CPU: bfloat16 is native with AVX512-BF16 or AMX tiles (x86) or the ``bf16`` feature (Arm); float16
+  with AMX-FP16 / AVX512-FP16 (x86) or ``asimdhp`` (Arm). torch's detection helpers are private, so each
+  is guarded: a helper that is missing counts as "not native".
+- CUDA: float16 tensor cores from compute capability 7.0, bfloat16 from 8.0; TF32 from 8.0 when torch
+  allows it (``torch.backends.cudnn.allow_tf32`` for convolutions, the float32 matmul precision).
+
+Results are cached per device. Tests simulate other machines by patching :func:`_detect` and calling
+``capabilities.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass, field, replace
+
+import torch
+
+__all__ = ["Capabilities", "capabilities", "cpu_model"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one device computes natively."""
+
+    device: str
+    name: str
+    native_dtypes: tuple[torch.dtype, ...] = ()
+    tf32_conv: bool = False
+    tf32_matmul: bool = False
+    cpu_capability: str | None = None
+    compute_capability: tuple[int, int] | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.device).type
+
+    def is_native(self, dtype: torch.dtype) -> bool:
+        """Whether ``dtype`` compute is native here (float32/float64 always are)."""
+        return dtype in (torch.float32, torch.float64) or dtype in self.native_dtypes
+
+    @property
+    def low_precision(self) -> torch.dtype | None:
+        """The preferred native low-precision dtype: bfloat16 (no loss scaling needed), else float16, else None."""
+        for dtype in (torch.bfloat16, torch.float16):
+            if dtype in self.native_dtypes:
+                return dtype
+        return None
+
+    @property
+    def device_class(self) -> str:
+        """A short class for tables: ``cpu``, ``cpu-bf16`` (native bfloat16) or ``cuda``, ``mps``..."""
+        if self.device_type == "cpu":
+            return "cpu-bf16" if torch.bfloat16 in self.native_dtypes else "cpu"
+        return self.device_type
+
+    def describe(self) -> str:
+        low = ", ".join(str(d).replace("torch.", "") for d in self.native_dtypes) or "none"
+        parts = [f"{self.device} ({self.name})", f"native low precision: {low}"]
+        if self.cpu_capability:
+            parts.append(f"torch CPU capability {self.cpu_capability}")
+        if self.compute_capability:
+            parts.append(f"compute capability {self.compute_capability[0]}.{self.compute_capability[1]}")
+        if self.device_type == "cuda":
+            parts.append(f"TF32 conv {'on' if self.tf32_conv else 'off'}, matmul {'on' if self.tf32_matmul else 'off'}")
+        return "; ".join(parts)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Capabilities:
+        """The inverse of :meth:`as_dict` (a record saved in a checkpoint)."""
+        return cls(
+            device=data["device"], name=data["name"],
+            native_dtypes=tuple(getattr(torch, d) for d in data.get("native_dtypes", ())),
+            tf32_conv=bool(data.get("tf32_conv", False)), tf32_matmul=bool(data.get("tf32_matmul", False)),
+            cpu_capability=data.get("cpu_capability"),
+            compute_capability=tuple(data["compute_capability"]) if data.get("compute_capability") else None,
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "name": self.name,
+            "device_class": self.device_class,
+            "native_dtypes": [str(d).replace("torch.", "") for d in self.native_dtypes],
+            "tf32_conv": self.tf32_conv,
+            "tf32_matmul": self.tf32_matmul,
+            "cpu_capability": self.cpu_capability,
+            "compute_capability": list(self.compute_capability) if self.compute_capability else None,
+        }
+
+
+def _probe(name: str) -> bool:
+    """A private ``torch.cpu._is_*_supported`` helper, guarded (missing or failing: False)."""
+    fn = getattr(torch.cpu, name, None)
+    try:
+        return bool(fn()) if callable(fn) else False
+    except Exception:  # pragma: no cover - depends on the torch build
+        return False
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cpu_capability() -> str | None:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _detect(device: torch.device) -> Capabilities:
+    if device.type == "cpu":
+        native = []
+        arm = platform.machine().lower() in ("aarch64", "arm64")
+        flags = _cpuinfo_flags() if arm else set()
+        if _probe("_is_avx512_bf16_supported") or _probe("_is_amx_tile_supported") or "bf16" in flags:
+            native.append(torch.bfloat16)
+        if _probe("_is_amx_fp16_supported") or "asimdhp" in flags:
+            native.append(torch.float16)
+        return Capabilities("cpu", f"{cpu_model()}, {os.cpu_count()} cores", tuple(native),
+                            cpu_capability=_cpu_capability())
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        native = []
+        if major >= 8:
+            native.append(torch.bfloat16)
+        if major >= 7:
+            native.append(torch.float16)
+        tf32_conv = major >= 8 and bool(getattr(torch.backends.cudnn, "allow_tf32", False))
+        tf32_matmul = major >= 8 and torch.get_float32_matmul_precision() != "highest"
+        return Capabilities(f"cuda:{index}", torch.cuda.get_device_name(index), tuple(native), tf32_conv, tf32_matmul,
+                            compute_capability=(major, minor))
+    if device.type == "mps":
+        return Capabilities("mps", "Apple GPU", (torch.float16,))
+    return Capabilities(str(device), str(device), (), notes=("unknown device type: no low precision assumed native",))
+
+
+@functools.cache
+def _cached(device_type: str, index: int | None) -> Capabilities:
+    return _detect(torch.device(device_type, index) if index is not None else torch.device(device_type))
+
+
+def _tf32_now(caps: Capabilities) -> Capabilities:
+    """TF32 flags are torch settings a user may change at any time: read them now, not from the cache."""
+    if caps.compute_capability is None or caps.compute_capability[0] < 8:
+        return caps
+    conv = bool(getattr(torch.backends.cudnn, "allow_tf32", False))
+    matmul = torch.get_float32_matmul_precision() != "highest"
+    return caps if (conv, matmul) == (caps.tf32_conv, caps.tf32_matmul) else replace(caps, tf32_conv=conv, tf32_matmul=matmul)
+
+
+def capabilities(device: torch.device | str = "cpu") -> Capabilities:
+    """What ``device`` computes natively (cached per device; TF32 flags read live)."""
+    device = torch.device(device)
+    index = device.index
+    if device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    return _tf32_now(_cached(device.type, index))
+
+
+capabilities.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]

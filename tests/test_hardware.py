@@ -1,0 +1,172 @@
+"""Device capabilities and the presets resolved against them (classes of machine simulated)."""
+
+import pytest
+import torch
+from torch import nn
+
+import fastloss
+from fastloss import hardware
+from fastloss.hardware import Capabilities
+
+
+@pytest.fixture
+def fresh_cache():
+    hardware.capabilities.cache_clear()
+    yield
+    hardware.capabilities.cache_clear()
+
+
+class TestCapabilities:
+    def test_this_machine(self, fresh_cache):
+        caps = hardware.capabilities("cpu")
+        assert caps.device == "cpu" and hardware.cpu_model() in caps.name
+        assert caps.is_native(torch.float32) and caps.cpu_capability == torch.backends.cpu.get_cpu_capability()
+        assert caps.is_native(torch.bfloat16) == (torch.bfloat16 in caps.native_dtypes)
+
+    @pytest.mark.parametrize("probes, expected", [
+        ({}, ()),  # AVX2 only (Zen 3): bfloat16 would be emulated
+        ({"_is_avx512_bf16_supported": True}, (torch.bfloat16,)),  # Zen 4/5, Cooper Lake
+        ({"_is_amx_tile_supported": True, "_is_amx_fp16_supported": True}, (torch.bfloat16, torch.float16)),
+    ], ids=["avx2", "avx512-bf16", "amx"])
+    def test_x86_cpu_classes(self, monkeypatch, fresh_cache, probes, expected):
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+            monkeypatch.setattr(torch.cpu, name, lambda value=probes.get(name, False): value, raising=False)
+        caps = hardware.capabilities("cpu")
+        assert caps.native_dtypes == expected
+        assert caps.low_precision == (expected[0] if expected else None)
+        assert caps.device_class == ("cpu-bf16" if torch.bfloat16 in expected else "cpu")
+
+    def test_missing_private_helpers_count_as_not_native(self, monkeypatch, fresh_cache):
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        assert hardware.capabilities("cpu").native_dtypes == ()
+
+    def test_arm_features(self, monkeypatch, fresh_cache):
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+        monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: {"asimd", "asimdhp", "bf16", "sve"})
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+            monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+        assert set(hardware.capabilities("cpu").native_dtypes) == {torch.bfloat16, torch.float16}
+
+    @pytest.mark.parametrize("cc, expected", [((6, 1), ()), ((7, 0), (torch.float16,)),
+                                              ((8, 0), (torch.bfloat16, torch.float16)),
+                                              ((9, 0), (torch.bfloat16, torch.float16))])
+    def test_cuda_compute_capability(self, monkeypatch, fresh_cache, cc, expected):
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: cc)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Simulated GPU")
+        caps = hardware.capabilities("cuda")
+        assert caps.device == "cuda:0" and caps.native_dtypes == expected and caps.compute_capability == cc
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+        assert hardware.capabilities("cuda:0").tf32_conv == (cc[0] >= 8)  # TF32 flags are read live
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        assert not hardware.capabilities("cuda:0").tf32_conv
+
+    def test_cached_per_device(self, monkeypatch, fresh_cache):
+        calls = []
+        real = hardware._detect
+        monkeypatch.setattr(hardware, "_detect", lambda device: calls.append(device) or real(device))
+        for _ in range(3):
+            hardware.capabilities("cpu")
+        assert len(calls) == 1
+
+    def test_record_round_trip(self):
+        caps = Capabilities("cuda:0", "Simulated", (torch.bfloat16, torch.float16), True, False,
+                            compute_capability=(9, 0))
+        assert Capabilities.from_dict(caps.as_dict()) == caps
+        assert "compute capability 9.0" in caps.describe() and "TF32 conv on" in caps.describe()
+
+
+def vgg(**kwargs):
+    torch.manual_seed(0)
+    return fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None, **kwargs)
+
+
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 32, 32, generator=g).requires_grad_(), torch.rand(1, 3, 32, 32, generator=g)
+
+
+class TestPresetResolution:
+    @pytest.mark.parametrize("machine, dtype, channels_last", [
+        ("avx2-cpu", torch.float32, False), ("bf16-cpu", torch.bfloat16, True), ("amx-cpu", torch.bfloat16, True),
+    ])
+    def test_perceptual_balanced_per_cpu_class(self, simulate, machine, dtype, channels_last):
+        simulate(machine)
+        loss = fastloss.preset("balanced", vgg())
+        x, y = images()
+        value = loss(x, y)
+        assert loss.loss.compute_dtype == dtype and loss.loss.channels_last == channels_last
+        assert torch.allclose(value, vgg()(x, y), rtol=3e-2)
+        assert f"{machine.split('-')[0].upper()}" in loss.describe() or "simulated" in loss.describe()
+        assert str(dtype).replace("torch.", "") in loss.describe()
+
+    def test_fastest_uses_no_emulated_dtype(self, simulate):
+        simulate("avx2-cpu")
+        loss = fastloss.preset("fastest", fastloss.LPIPSLoss(weights=None))
+        loss(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+        assert loss.innermost().compute_dtype == torch.float32
+        assert fastloss.bench.harness.emulated_reason(loss, torch.device("cpu")) is None
+
+    def test_resolved_stack_is_visible_and_saved(self, simulate, tmp_path):
+        simulate("bf16-cpu")
+        loss = fastloss.preset("balanced", vgg())
+        assert "not resolved yet" in loss.describe() and "unresolved" in repr(loss)
+        x, y = images()
+        loss(x, y)
+        assert "resolved_for='cpu'" in repr(loss) and "bfloat16" in loss.describe()
+        torch.save(loss.state_dict(), tmp_path / "s.pt")
+        resumed = fastloss.preset("balanced", vgg())
+        resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+        assert resumed.describe() == loss.describe()  # resolved the same way, before any call
+        assert torch.equal(resumed(x, y), loss(x, y))
+
+    def test_checkpoint_from_another_device_resolves_again(self, simulate):
+        simulate("bf16-cpu")
+        gpu = Capabilities("cuda:0", "Simulated GPU", (torch.bfloat16, torch.float16), compute_capability=(9, 0))
+        saved = fastloss.preset("balanced", vgg())
+        saved.resolve(gpu)  # as if resolved on a GPU
+        state = saved.state_dict()
+        simulate("avx2-cpu")
+        resumed = fastloss.preset("balanced", vgg())
+        resumed.load_state_dict(state)
+        assert resumed.resolved_for == gpu and resumed.loss.compute_dtype == torch.bfloat16
+        resumed(*images())  # the first call is on the CPU: resolved again, for this CPU
+        assert resumed.resolved_for.device == "cpu" and resumed.loss.compute_dtype == torch.float32
+
+    def test_steps_survive_resolution(self):
+        loss = fastloss.preset("fastest", fastloss.TopologicalLoss())
+        loss.set_step(6)
+        target = torch.zeros(1, 1, 16, 16)
+        target[..., 4:12, 4:12] = 1
+        loss(target * 0.8 + 0.1, target)
+        assert int(loss.step) == 7 and loss.loss.step is loss.step
+
+    def test_mismatched_checkpoint(self):
+        a = fastloss.preset("balanced", fastloss.TopologicalLoss())
+        b = fastloss.preset("fastest", fastloss.TopologicalLoss())
+        with pytest.raises(ValueError, match="the checkpoint holds preset 'balanced'"):
+            b.load_state_dict(a.state_dict(), strict=False)
+
+    def test_builder_with_capabilities(self, simulate, registry):
+        seen = []
+
+        class Mine(nn.MSELoss):
+            preset_kind = "mine"
+
+        fastloss.register_preset("probe", "mine", lambda loss, caps: seen.append(caps.device_class) or loss)
+        simulate("avx2-cpu")
+        fastloss.preset("probe", Mine())(torch.rand(3), torch.rand(3))
+        assert seen == ["cpu"]
+
+
+@pytest.fixture
+def registry():
+    from fastloss import presets
+
+    saved = dict(presets._REGISTRY)
+    yield presets._REGISTRY
+    presets._REGISTRY.clear()
+    presets._REGISTRY.update(saved)
