@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from fastloss.bench import compare, markdown_table, plot, write_json
+from fastloss.bench.report import machine_info, machine_summary
 
 from .suite import CASES, WEIGHTS_NOTE, candidates
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=None, help="cap the trajectory length (epochs x batches)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads during timing")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds for the whole suite: later workloads run fewer rounds (never below 3) to fit")
+    parser.add_argument("--drop-factor", type=float, default=5.0,
+                        help="skip a candidate whose first timed step is this many times slower than the reference")
     args = parser.parse_args(argv)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -36,16 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fastloss benchmark suite: losses={args.losses} device={args.device} threads={args.threads} "
           f"rounds={args.rounds}{' (full)' if args.full else ''}")
     print(f"note: {WEIGHTS_NOTE}")
+    print(f"machine: {machine_summary(machine_info(args.device, args.threads))}")
     reports, started = [], time.perf_counter()
     jobs = [(key, wl) for key in args.losses for wl in CASES[key].make_workload(args.full)]
     with tqdm(total=len(jobs), desc="benchmarks", unit="workload", file=sys.stderr) as bar:
-        for key, wl in jobs:
+        for i, (key, wl) in enumerate(jobs):
             case = CASES[key]
             if args.steps is not None:
                 wl.epochs = max(1, min(wl.epochs, args.steps // max(1, wl.steps // wl.epochs)))
             loss = case.make_loss()
+            # an equal share of what is left; timing gets about half of a workload's time
+            left = args.budget - (time.perf_counter() - started)
+            share = max(1.0, 0.5 * left / (len(jobs) - i))
             report = compare(loss, candidates(loss, wl.steps), wl, device=args.device, threads=args.threads,
-                             rounds=args.rounds, name=case.name,
+                             rounds=args.rounds, name=case.name, baselines=case.make_baselines(),
+                             drop_factor=args.drop_factor, time_budget=share,
                              progress=lambda msg, key=key: bar.set_postfix_str(f"{key}: {msg}"[:60]))
             reports.append(report)
             tqdm.write(markdown_table(report) + "\n", file=sys.stdout)

@@ -66,7 +66,7 @@ def psnr(x: Tensor, y: Tensor) -> float:
 
 def make_perceptual(kind: str, weights: str | None) -> nn.Module:
     if kind == "lpips":
-        return fastloss.LPIPSLoss(backbone_weights=weights)
+        return fastloss.LPIPSLoss(weights=weights)
     return fastloss.PerceptualLoss("vgg19", weights=weights)
 
 

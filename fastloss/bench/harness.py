@@ -131,6 +131,16 @@ def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
     return None
 
 
+def _resolved(loss: nn.Module, device: torch.device) -> nn.Module:
+    """Resolve the presets inside ``loss`` for ``device`` now, so their stack (and gains) exist before timing."""
+    from ..presets import PresetLoss
+
+    for m in list(loss.modules()):
+        if isinstance(m, PresetLoss) and m.resolved_for is None:
+            m.resolve(device)
+    return loss
+
+
 def _stack_gain(loss: nn.Module) -> float:
     return loss.stack_gain() if isinstance(loss, LossWrapper) else 1.0
 
@@ -235,7 +245,7 @@ def compare(
         trajectory = [(x.to(device), t.to(device)) for x, t in workload.trajectory()]
         # copies: measuring must neither move nor step the caller's modules
         everything = {"reference": reference, **baselines, **candidates}
-        templates = {k: copy.deepcopy(v).to(device) for k, v in everything.items()}
+        templates = {k: _resolved(copy.deepcopy(v).to(device), device) for k, v in everything.items()}
         results = {k: CandidateResult(k) for k in templates}
         clock = StepClock(device)
 
