@@ -3,8 +3,9 @@
 from .amp import AMPLoss
 from .base import LossWrapper
 from .cached_ph import CachedPH
+from .cached_target import CachedTarget
 from .downsampled import DownsampledLoss
 from .interval import IntervalLoss
 from .scheduled import ScheduledWeight
 
-__all__ = ["AMPLoss", "CachedPH", "DownsampledLoss", "IntervalLoss", "LossWrapper", "ScheduledWeight"]
+__all__ = ["AMPLoss", "CachedPH", "CachedTarget", "DownsampledLoss", "IntervalLoss", "LossWrapper", "ScheduledWeight"]
