@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -225,3 +227,28 @@ class TestFastPath:
             fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, compute_dtype=torch.int64)
         with pytest.raises(TypeError, match="`channels_last` must be a bool or None, got str"):
             fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, channels_last="yes")
+
+
+class TestStaticShapes:
+    def test_compiled_backbone_matches_eager_and_falls_back_when_shapes_change(self):
+        torch.manual_seed(0)
+        eager = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None)
+        static = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None)
+        static.load_state_dict(eager.state_dict())
+        static.use_static_shapes(max_shapes=2, backend="aot_eager")
+        for size in (16, 16):
+            x, y = images(size=size)
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            va, vb = eager(a, y), static(b, y)
+            va.backward()
+            vb.backward()
+            assert torch.allclose(va, vb, rtol=1e-5) and torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8)
+        assert len(static._shapes_seen) == 2  # (16 with grad, 16 without): the target runs under no_grad
+        x, y = images(size=24)
+        with pytest.warns(UserWarning, match=r"static-shape path has seen 2 input shapes \(max_shapes=2\)"):
+            assert torch.allclose(static(x, y), eager(x, y), rtol=1e-5)
+        assert "_compiled" not in static.state_dict() and copy.deepcopy(static).static_shapes is not None
+
+    def test_bad_max_shapes(self):
+        with pytest.raises(ValueError, match="`max_shapes` must be a positive int, got 0"):
+            fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None).use_static_shapes(max_shapes=0)

@@ -17,9 +17,16 @@ them), the weighted sum and its float32 reduction, the eval lock, and the backbo
 
 Both start unset (``None``): the loss then runs channels-first in float32, and a preset may choose
 them for the device it runs on. A value given explicitly is never overridden by a preset.
+
+An opt-in static-shape path, :meth:`FeatureLoss.use_static_shapes`, compiles the frozen backbone with
+``torch.compile`` for repeated input shapes (``mode="reduce-overhead"`` on CUDA, which replays CUDA
+Graphs); after ``max_shapes`` distinct shapes it falls back to eager execution with a warning, instead
+of recompiling without end.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +108,51 @@ class FeatureLoss(nn.Module):
         if self.channels_last:
             self.use_channels_last(True)
         return self
+
+    def use_static_shapes(self, enabled: bool = True, max_shapes: int = 4, backend: str = "inductor",
+                          mode: str | None = None) -> FeatureLoss:
+        """Run the backbone through ``torch.compile`` (one graph per input shape; ``mode`` defaults to
+        ``"reduce-overhead"`` on CUDA — CUDA Graphs — and ``"default"`` elsewhere). After ``max_shapes``
+        distinct shapes, fall back to eager with a one-time warning. Returns ``self``."""
+        if enabled and (isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1):
+            raise ValueError(f"`max_shapes` must be a positive int, got {max_shapes!r}")
+        self.static_shapes = {"backend": backend, "mode": mode, "max_shapes": max_shapes} if enabled else None
+        self.__dict__["_compiled"] = {}  # plain attribute: never in state_dict, rebuilt per device
+        self.__dict__["_shapes_seen"] = set()
+        return self
+
+    def run_backbone(self, x: Tensor):
+        """The backbone on ``x``: compiled for its shape on the static-shape path, eager otherwise."""
+        static = getattr(self, "static_shapes", None)
+        backbone = self.backbone()
+        if not static or torch.compiler.is_compiling():
+            return backbone(x)
+        seen = self.__dict__.setdefault("_shapes_seen", set())
+        signature = (tuple(x.shape), x.dtype, x.device.type, torch.is_grad_enabled())
+        if signature not in seen:
+            if len(seen) >= static["max_shapes"]:
+                if not self.__dict__.get("_static_warned"):
+                    self.__dict__["_static_warned"] = True
+                    warnings.warn(
+                        f"{type(self).__name__}: the static-shape path has seen {len(seen)} input shapes "
+                        f"(max_shapes={static['max_shapes']}); shape {tuple(x.shape)} runs eagerly",
+                        UserWarning, stacklevel=3,
+                    )
+                return backbone(x)
+            seen.add(signature)
+        compiled = self.__dict__.setdefault("_compiled", {})
+        key = x.device.type
+        if key not in compiled:
+            mode = static["mode"] or ("reduce-overhead" if x.device.type == "cuda" else "default")
+            compiled[key] = torch.compile(backbone, backend=static["backend"], mode=mode if static["backend"] == "inductor"
+                                          else None, dynamic=False)
+        return compiled[key](x)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_compiled", None)  # compiled graphs do not copy; a copy compiles its own
+        state.pop("_shapes_seen", None)
+        return state
 
     @property
     def compute_dtype(self) -> torch.dtype:

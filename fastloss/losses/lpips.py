@@ -146,7 +146,7 @@ class LPIPSLoss(FeatureLoss):
         return (to_unit_range(x, self.input_range) * 2 - 1 - self.shift) / self.scale
 
     def extract(self, x: Tensor) -> list[Tensor]:
-        return [unit_normalize(f) for f in self.trunk(x)]
+        return [unit_normalize(f) for f in self.run_backbone(x)]
 
     def layer_distance(self, index: int, a: Tensor, b: Tensor) -> Tensor:
         lin = self.lins[index]

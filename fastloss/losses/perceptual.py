@@ -127,7 +127,7 @@ class PerceptualLoss(FeatureLoss):
         return (to_unit_range(x, self.input_range) - self.mean) / self.std
 
     def extract(self, x: Tensor) -> list[Tensor]:
-        return self.features(x)
+        return self.run_backbone(x)
 
     def layer_distance(self, index: int, a: Tensor, b: Tensor) -> Tensor:
         return feature_distance(a, b, self.distance)
