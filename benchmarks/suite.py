@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 import fastloss
-from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
+from fastloss import AMPLoss, CachedPH, CachedTarget, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
 from fastloss.bench import workloads
 
 WEIGHTS_NOTE = "perceptual backbones use weights=None (random init): no pretrained weights can be downloaded here"
@@ -44,6 +44,7 @@ def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
         out["CachedPH(5)"] = CachedPH(loss, refresh_every=5)
     else:  # autocast does nothing for PH on the CPU; for networks it runs the native dtype (or float32)
         out["AMPLoss"] = AMPLoss(loss)
+        out["CachedTarget"] = CachedTarget(loss)
     for name in ("balanced", "fastest"):
         out[f"preset:{name}"] = fastloss.preset(name, loss)
     return out

@@ -98,7 +98,7 @@ class TestPresetResolution:
         loss = fastloss.preset("balanced", vgg())
         x, y = images()
         value = loss(x, y)
-        assert loss.loss.compute_dtype == dtype and loss.loss.channels_last == channels_last
+        assert loss.innermost().compute_dtype == dtype and loss.innermost().channels_last == channels_last
         assert torch.allclose(value, vgg()(x, y), rtol=3e-2)
         assert f"{machine.split('-')[0].upper()}" in loss.describe() or "simulated" in loss.describe()
         assert str(dtype).replace("torch.", "") in loss.describe()
@@ -132,9 +132,9 @@ class TestPresetResolution:
         simulate("avx2-cpu")
         resumed = fastloss.preset("balanced", vgg())
         resumed.load_state_dict(state)
-        assert resumed.resolved_for == gpu and resumed.loss.compute_dtype == torch.bfloat16
+        assert resumed.resolved_for == gpu and resumed.innermost().compute_dtype == torch.bfloat16
         resumed(*images())  # the first call is on the CPU: resolved again, for this CPU
-        assert resumed.resolved_for.device == "cpu" and resumed.loss.compute_dtype == torch.float32
+        assert resumed.resolved_for.device == "cpu" and resumed.innermost().compute_dtype == torch.float32
 
     def test_steps_survive_resolution(self):
         loss = fastloss.preset("fastest", fastloss.TopologicalLoss())

@@ -599,7 +599,8 @@ class TestPresets:
         balanced = fastloss.preset("balanced", base)
         x, y = batch(shape=(1, 3, 32, 32))
         assert torch.allclose(balanced(x, y), base(x, y), rtol=5e-2)
-        assert balanced.loss.channels_last and balanced.loss.compute_dtype == torch.bfloat16
+        assert balanced.innermost().channels_last and balanced.innermost().compute_dtype == torch.bfloat16
+        assert isinstance(balanced.loss, fastloss.CachedTarget)  # exact: the target's features are cached
         assert not base.channels_last and base.compute_dtype == torch.float32  # the original is untouched
         lpips = fastloss.preset("fastest", fastloss.LPIPSLoss(weights=None))
         lpips(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
@@ -612,7 +613,7 @@ class TestPresets:
                                        compute_dtype=torch.float32)
         balanced = fastloss.preset("balanced", base)
         balanced(*batch(shape=(1, 3, 16, 16)))
-        assert not balanced.loss.channels_last and balanced.loss.compute_dtype == torch.float32
+        assert not balanced.innermost().channels_last and balanced.innermost().compute_dtype == torch.float32
 
     def test_wrapped_loss_is_rejected(self):
         """preset() builds its own stack: a wrapped loss (or a preset) is a TypeError, never a silent nesting."""
