@@ -18,8 +18,14 @@ def perceptual_example():
     return e2e.load_example("fit_image_perceptual.py")
 
 
+@pytest.fixture(scope="module")
+def restoration_example():
+    return e2e.load_example("train_perceptual_restoration.py")
+
+
 TINY_TOPOLOGY = ["--epochs", "2", "--size", "32", "--train", "8", "--val", "4", "--topo-start-epoch", "1", "--quiet"]
 TINY_PERCEPTUAL = ["--steps", "4", "--size", "32", "--quiet"]
+TINY_RESTORATION = ["--steps", "4", "--size", "16", "--train", "4", "--val", "2", "--batch", "2", "--quiet"]
 
 
 @pytest.mark.parametrize("preset", ["exact", "balanced", "fastest", "none"])
@@ -53,6 +59,63 @@ def test_perceptual_example_runs(perceptual_example, preset):
 def test_perceptual_example_lpips(perceptual_example):
     result = perceptual_example.main(["--preset", "balanced", "--loss", "lpips", *TINY_PERCEPTUAL])
     assert result["loss"] == "lpips" and result["loss_s"] > 0
+
+
+RESTORATION_PRESETS = e2e.load_example("train_perceptual_restoration.py").PRESETS
+
+
+@pytest.mark.parametrize("preset", RESTORATION_PRESETS)
+def test_restoration_example_runs(restoration_example, preset, tmp_path):
+    out = tmp_path / "r.json"
+    result = restoration_example.main(["--preset", preset, "--json", str(out), *TINY_RESTORATION])
+    assert 0 < result["psnr"] < 100 and -1 <= result["ssim"] <= 1 and result["exact_perceptual"] >= 0
+    assert json.loads(out.read_text())["preset"] == preset
+    assert (result["loss_s"] > 0) == (preset != "none")
+    if preset == "none":  # nothing to learn from: the net stays the identity it starts as
+        assert result["psnr"] == result["input_psnr"]
+        assert result["exact_perceptual"] == result["input_exact_perceptual"]
+    else:  # the perceptual term moved the net towards the clean images
+        assert result["exact_perceptual"] < result["input_exact_perceptual"]
+
+
+def test_restoration_example_keeps_the_callers_threads(restoration_example):
+    before = torch.get_num_threads()
+    restoration_example.main(["--preset", "none", "--threads", "1", *TINY_RESTORATION])
+    assert torch.get_num_threads() == before
+
+
+def test_restoration_example_resnet18_and_lpips(restoration_example):
+    for loss in ("resnet18", "lpips"):
+        result = restoration_example.main(["--preset", "balanced", "--loss", loss, *TINY_RESTORATION])
+        assert result["loss"] == loss and result["loss_s"] > 0
+
+
+def test_e2e_restoration_task(tmp_path, capsys):
+    code = e2e.main(["--tasks", "restoration", "--presets", "exact", "none", "--seeds", "1", "--output", str(tmp_path),
+                     "--restoration-args", " ".join(TINY_RESTORATION)])
+    assert code == 0
+    summary = json.loads((tmp_path / "e2e.json").read_text())["summary"]["restoration"]
+    assert set(summary) == {"exact", "none"} and summary["exact"]["seeds"] == 1
+    assert "exact_perceptual" in summary["none"] and summary["none"]["loss_s"]["mean"] == 0
+    out = capsys.readouterr().out
+    assert "### restoration" in out and "| preset | psnr | ssim | exact_perceptual | total s |" in out
+    assert "| none |" in out
+
+
+def test_e2e_defaults_to_three_seeds(monkeypatch, tmp_path):
+    seeds = []
+
+    class FakeExample:
+        @staticmethod
+        def main(argv):
+            seeds.append(argv[argv.index("--seed") + 1])
+            return {"preset": argv[argv.index("--preset") + 1], "psnr": 20.0, "ssim": 0.5, "exact_perceptual": 0.1,
+                    "total_s": 1.0, "loss_s": 0.5, "loss_share": 0.5}
+
+    monkeypatch.setattr(e2e, "load_example", lambda script: FakeExample)
+    monkeypatch.setattr(e2e, "plot", lambda summaries, path: None)
+    assert e2e.main(["--tasks", "restoration", "--presets", "exact", "--output", str(tmp_path)]) == 0
+    assert seeds == ["0", "1", "2"]
 
 
 def test_e2e_summary_and_outputs(tmp_path, capsys):
