@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from torch import nn
 
 import fastloss
-from fastloss import AMPLoss, CachedPH, CachedTarget, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
+from fastloss import (
+    AMPLoss,
+    CachedPH,
+    CachedTarget,
+    DownsampledLoss,
+    IntervalLoss,
+    ScheduledWeight,
+    schedules,
+)
 from fastloss.bench import workloads
 
 WEIGHTS_NOTE = "perceptual backbones use weights=None (random init): no pretrained weights can be downloaded here"

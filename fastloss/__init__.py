@@ -4,7 +4,15 @@ from . import functional, hardware, schedules
 from .autotune import AutotuneResult, autotune
 from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
 from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
-from .wrappers import AMPLoss, CachedPH, CachedTarget, DownsampledLoss, IntervalLoss, LossWrapper, ScheduledWeight
+from .wrappers import (
+    AMPLoss,
+    CachedPH,
+    CachedTarget,
+    DownsampledLoss,
+    IntervalLoss,
+    LossWrapper,
+    ScheduledWeight,
+)
 
 __version__ = "0.2.0"
 

@@ -31,7 +31,8 @@ class TestCapabilities:
     def test_x86_cpu_classes(self, monkeypatch, fresh_cache, probes, expected):
         monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
         for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
-            monkeypatch.setattr(torch.cpu, name, lambda value=probes.get(name, False): value, raising=False)
+            value = probes.get(name, False)
+            monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
         caps = hardware.capabilities("cpu")
         assert caps.native_dtypes == expected
         assert caps.low_precision == (expected[0] if expected else None)
