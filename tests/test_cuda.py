@@ -47,9 +47,11 @@ def test_image_losses_on_cuda_close_to_cpu(make):
     assert cos > 0.99
 
 
-def test_amp_default_float16_on_cuda_and_lpips_trap():
-    loss = AMPLoss(fastloss.LPIPSLoss(weights=None)).to(CUDA)
-    assert loss.autocast_dtype(CUDA) == torch.float16
+def test_amp_default_native_dtype_on_cuda_and_lpips_trap():
+    loss = AMPLoss(fastloss.LPIPSLoss(weights=None), dtype=torch.float16).to(CUDA)
+    caps = fastloss.hardware.capabilities(CUDA)
+    assert AMPLoss(torch.nn.MSELoss()).autocast_dtype(CUDA) == caps.low_precision
+    assert caps.low_precision == (torch.bfloat16 if caps.compute_capability[0] >= 8 else torch.float16)
     for x, y in [(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)), (torch.full((1, 3, 64, 64), 0.5),) * 2]:
         value, grad = grads(loss, x.to(CUDA), y.to(CUDA))
         assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(grad).all()
@@ -89,13 +91,42 @@ def test_stacks_step_and_resume_on_cuda(tmp_path):
     first = build()
     for p in preds[:4]:
         grads(first, p, target)
-    assert first.step.device.type == "cuda" and int(first.step) == 4
+    assert first.step.device.type == "cpu" and int(first.step) == 4  # the clock never lives on the GPU
     torch.save(first.state_dict(), tmp_path / "s.pt")
     resumed = build()
     resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     for (va, ga), p in zip(full[4:], preds[4:], strict=True):
         vb, gb = grads(resumed, p, target)
         assert torch.equal(va, vb) and torch.equal(ga, gb)
+
+
+def test_balanced_perceptual_on_cuda_casts_once_and_caches_targets():
+    torch.manual_seed(0)
+    base = fastloss.PerceptualLoss("vgg19", weights=None).to(CUDA)
+    loss = fastloss.preset("balanced", base)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 128, 128, generator=g).to(CUDA), torch.rand(2, 3, 128, 128, generator=g).to(CUDA)
+    exact_value, exact_grad = grads(base, x, y)
+    for _ in range(2):
+        value, grad = grads(loss, x, y)
+    caps = fastloss.hardware.capabilities(CUDA)
+    assert loss.innermost().compute_dtype == caps.low_precision and loss.innermost().channels_last
+    assert loss.loss.cache_info()["hits"] == 2 and value.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(grad.flatten(), exact_grad.flatten(), dim=0)
+    assert cos > 0.95 and torch.allclose(value, exact_value, rtol=5e-2)
+
+
+def test_static_shapes_on_cuda_match_eager():
+    torch.manual_seed(0)
+    eager = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None).to(CUDA)
+    static = fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None).to(CUDA)
+    static.load_state_dict(eager.state_dict())
+    static.use_static_shapes()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.rand(2, 3, 64, 64, generator=g).to(CUDA), torch.rand(2, 3, 64, 64, generator=g).to(CUDA)
+        (va, ga), (vb, gb) = grads(eager, x, y), grads(static, x, y)
+        assert torch.allclose(va, vb, rtol=1e-3) and torch.allclose(ga, gb, rtol=1e-2, atol=1e-6)
 
 
 def test_compare_on_cuda_uses_allocator_stats():
