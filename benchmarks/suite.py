@@ -66,7 +66,9 @@ def _seed_topology() -> nn.Module:
 
 
 def _topology_workloads(full: bool) -> list[workloads.Workload]:
-    wl = [workloads.topology_workload(size=256, batch=4, samples=8, epochs=5)]
+    wl = [workloads.topology_workload(size=256, batch=4, samples=8, epochs=5),
+          # targets never repeat (random crops and flips): what the engine gives without the target cache
+          workloads.topology_workload(size=256, batch=4, samples=8, epochs=3, augment=True)]
     if full:
         wl += [workloads.topology_workload(size=512, batch=4, samples=8, epochs=5),
                workloads.topology_workload(size=64, dim=3, batch=2, samples=4, epochs=5)]

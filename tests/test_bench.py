@@ -45,6 +45,13 @@ class TestWorkloads:
         blur = [torch.mean((p - target) ** 2).item() for p, n in zip(preds, names, strict=True) if n.startswith("blur")]
         assert blur == sorted(blur) and len(preds) == 12
 
+    def test_augmented_targets_never_repeat(self):
+        wl = workloads.topology_workload(size=32, batch=2, samples=3, epochs=3, augment=True)
+        targets = [t[i] for _, t in wl.trajectory() for i in range(len(t))]
+        assert len(targets) == 9 and all(t.shape == (1, 32, 32) for t in targets)
+        assert not any(torch.equal(a, b) for i, a in enumerate(targets) for b in targets[i + 1:])
+        assert wl.name.endswith("-augmented") and wl.shape == (2, 1, 32, 32)
+
     def test_3d(self):
         wl = workloads.topology_workload(size=16, dim=3, batch=1, samples=2, epochs=1)
         x, t = next(wl.trajectory())

@@ -118,6 +118,7 @@ class Workload:
     batch: int
     epochs: int
     seed: int = 0
+    crop: int | None = None  # augmented: every visit is a random crop (this size) with random flips
     errors: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,11 +133,28 @@ class Workload:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.batch, *self.targets.shape[1:])
+        spatial = self.targets.shape[2:] if self.crop is None else (self.crop,) * (self.targets.ndim - 2)
+        return (self.batch, self.targets.shape[1], *spatial)
 
-    def prediction(self, index: Tensor, progress: float, g: torch.Generator) -> Tensor:
+    def _augment(self, target: Tensor, error: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A random crop of side ``crop`` and random flips, the same for a sample's target and error field."""
+        out_t, out_e = [], []
+        for t, e in zip(target, error, strict=True):
+            starts = [int(torch.randint(0, s - self.crop + 1, (1,), generator=g)) for s in t.shape[1:]]
+            window = (slice(None), *(slice(a, a + self.crop) for a in starts))
+            t, e = t[window], e[window]
+            flips = [d + 1 for d in range(t.ndim - 1) if bool(torch.rand(1, generator=g) < 0.5)]
+            if flips:
+                t, e = t.flip(flips), e.flip(flips)
+            out_t.append(t)
+            out_e.append(e)
+        return torch.stack(out_t), torch.stack(out_e)
+
+    def prediction(self, index: Tensor, progress: float, g: torch.Generator,
+                   target: Tensor | None = None, error: Tensor | None = None) -> Tensor:
         """The prediction for samples ``index`` at ``progress`` in [0, 1] of training."""
-        target, error = self.targets[index], self.errors[index]
+        if target is None:
+            target, error = self.targets[index], self.errors[index]
         if self.kind == "topology":
             # a network's output is spatially smooth: what changes between visits is a smooth field too
             jitter = smooth_noise(tuple(target.shape), 4, g)
@@ -155,13 +173,18 @@ class Workload:
             order = torch.randperm(len(self.targets), generator=g)
             for start in range(0, len(order), self.batch):
                 index = order[start : start + self.batch]
-                yield self.prediction(index, step / total, g), self.targets[index]
+                target, error = self.targets[index], self.errors[index]
+                if self.crop is not None:
+                    target, error = self._augment(target, error, g)
+                yield self.prediction(index, step / total, g, target, error), target
                 step += 1
 
     def ladder(self, levels: int = 5) -> tuple[Tensor, list[Tensor], list[str]]:
         """A target and predictions of increasing degradation (several kinds), for rank correlation."""
         g = torch.Generator().manual_seed(self.seed + 2)
         target = self.targets[:1]
+        if self.crop is not None:
+            target = target[(slice(None), slice(None), *(slice(0, self.crop),) * (target.ndim - 2))]
         preds, names = [], []
         for level in range(1, levels + 1):
             s = level / levels
@@ -184,11 +207,16 @@ class Workload:
 
 
 def topology_workload(size: int = 256, batch: int = 4, samples: int = 8, epochs: int = 3, dim: int = 2,
-                      seed: int = 0) -> Workload:
-    """Thin-structure masks (2D ``size``², or 3D ``size``³) with drifting soft predictions."""
-    shape = (size,) * dim
-    targets = thin_structures(samples, shape, seed=seed, width=3 if dim == 2 else 3)
-    return Workload(f"topology-{dim}d-{size}", "topology", targets, batch, epochs, seed)
+                      seed: int = 0, augment: bool = False) -> Workload:
+    """Thin-structure masks (2D ``size``², or 3D ``size``³) with drifting soft predictions.
+
+    ``augment=True``: the masks are drawn 1.5x larger and every visit is a random ``size`` crop with random
+    flips, so targets never repeat (what augmented training does to a target cache).
+    """
+    canvas = size if not augment else size + size // 2
+    targets = thin_structures(samples, (canvas,) * dim, seed=seed, width=3)
+    name = f"topology-{dim}d-{size}" + ("-augmented" if augment else "")
+    return Workload(name, "topology", targets, batch, epochs, seed, crop=size if augment else None)
 
 
 def perceptual_workload(size: int = 128, batch: int = 2, samples: int = 4, epochs: int = 2, seed: int = 0) -> Workload:
