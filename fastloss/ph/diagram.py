@@ -1,0 +1,202 @@
+"""The :class:`Diagram` type and :func:`persistence`, the one dispatcher between the native kernels and cripser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._jit import HAVE_NUMBA, require_numba
+from .sort import filtration
+
+BACKENDS = ("auto", "native", "cripser")
+CONSTRUCTIONS = ("V", "T")
+
+
+def native_dims(ndim: int) -> tuple[int, ...]:
+    """Homology dimensions the native engine computes for ``ndim``-dimensional maps."""
+    return {2: (0, 1), 3: (0, 2)}.get(ndim, ())
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """Persistence bars of one map with their critical pixels.
+
+    ``birth_index``/``death_index`` are linear (C order) indices of the pixels whose values the birth
+    and death cells take; an essential bar has ``death == inf`` and ``death_index == size``.
+    """
+
+    shape: tuple[int, ...]
+    dim: np.ndarray
+    birth: np.ndarray
+    death: np.ndarray
+    birth_index: np.ndarray
+    death_index: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.dim)
+
+    def restrict(self, dims: Iterable[int]) -> Diagram:
+        """The bars of dimensions ``dims`` (row order kept)."""
+        keep = np.isin(self.dim, list(dims))
+        return Diagram(self.shape, self.dim[keep], self.birth[keep], self.death[keep],
+                       self.birth_index[keep], self.death_index[keep])
+
+    @staticmethod
+    def concat(shape: tuple[int, ...], parts: list[Diagram]) -> Diagram:
+        if not parts:
+            return Diagram.empty(shape)
+        return Diagram(tuple(shape), *(np.concatenate([getattr(p, k) for p in parts])
+                                       for k in ("dim", "birth", "death", "birth_index", "death_index")))
+
+    @staticmethod
+    def empty(shape: tuple[int, ...]) -> Diagram:
+        z = np.zeros(0, np.int64)
+        return Diagram(tuple(shape), z, z.astype(np.float64), z.astype(np.float64), z, z)
+
+    def to_cripser(self) -> np.ndarray:
+        """Rows ``[dim, birth, death, x1, y1, z1, x2, y2, z2]`` as ``cripser.compute_ph(location="yes")``
+        returns them (coordinates along the array's axes, padded with 0 below 3D; an essential bar's
+        death coordinates are -1)."""
+        n, nd = len(self), len(self.shape)
+        rows = np.zeros((n, 9), np.float64)
+        rows[:, 0] = self.dim
+        rows[:, 1] = self.birth
+        rows[:, 2] = self.death
+        finite = self.death_index < self.size
+        rows[:, 3 : 3 + nd] = np.stack(np.unravel_index(self.birth_index, self.shape), axis=1)
+        death = np.stack(np.unravel_index(np.where(finite, self.death_index, 0), self.shape), axis=1)
+        rows[:, 6 : 6 + nd] = death
+        rows[~finite, 6:9] = -1
+        return rows
+
+    @staticmethod
+    def from_cripser(rows: np.ndarray, shape: tuple[int, ...]) -> Diagram:
+        """Inverse of :meth:`to_cripser` (cripser's own rows)."""
+        nd = len(shape)
+        size = int(np.prod(shape))
+        strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]
+        birth_index = (np.rint(rows[:, 3 : 3 + nd]).astype(np.int64) * strides).sum(axis=1)
+        death_index = (np.rint(rows[:, 6 : 6 + nd]).astype(np.int64) * strides).sum(axis=1)
+        infinite = ~np.isfinite(rows[:, 2])
+        death_index[infinite] = size
+        death = np.where(infinite, np.inf, rows[:, 2])
+        return Diagram(tuple(shape), rows[:, 0].astype(np.int64), rows[:, 1].astype(np.float64), death,
+                       birth_index, death_index)
+
+
+def _as_map(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f)
+    if f.ndim not in (2, 3):
+        raise ValueError(f"the native engine computes 2D and 3D maps, got {f.ndim}D")
+    if f.size == 0:
+        raise ValueError(f"cannot compute persistence of an empty map of shape {f.shape}")
+    if f.dtype in (np.float16, np.float32):  # exact in float32; a network's maps are float32
+        return np.ascontiguousarray(f, dtype=np.float32)
+    return np.ascontiguousarray(f, dtype=np.float64)
+
+
+def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None) -> Diagram:
+    """The diagram of the sublevel filtration of ``f`` by the native engine (dims of :func:`native_dims`).
+
+    Rows: dim 0's finite bars by increasing death, its essential bar, then the top dimension's bars by
+    decreasing birth (cripser's order).
+    """
+    require_numba()
+    from . import cubical2d, cubical3d
+
+    f = _as_map(f)
+    shape, nd = f.shape, f.ndim
+    dims = native_dims(nd) if dims is None else tuple(dims)
+    bad = sorted(set(dims) - set(native_dims(nd)))
+    if bad:
+        raise ValueError(f"the native engine computes dims {list(native_dims(nd))} of {nd}D maps, not {bad}")
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"`construction` must be one of {list(CONSTRUCTIONS)}, got {construction!r}")
+    fl = filtration(f)
+    args = (fl.porder, fl.rank, fl.level) + shape[1:]
+    t = construction == "T"
+    parts = []
+    if 0 in dims:
+        kernel = cubical2d.components if nd == 2 else cubical3d.components
+        b, d = kernel(*args, t)
+        parts.append((0, np.append(b, 0), np.append(d, -1)))  # the essential bar (rank 0, never dies)
+    top = nd - 1
+    if top in dims:
+        if nd == 2:
+            kernel = cubical2d.holes_t if t else cubical2d.holes_v
+        else:
+            kernel = cubical3d.voids_t if t else cubical3d.voids_v
+        parts.append((top, *kernel(*args)))
+    if not parts:
+        return Diagram.empty(shape)
+    size = f.size
+    dim = np.concatenate([np.full(len(b), k, np.int64) for k, b, _ in parts])
+    birth_index = fl.pixels(np.concatenate([b for _, b, _ in parts]))
+    death_rank = np.concatenate([d for _, _, d in parts])
+    death_index = np.where(death_rank < 0, size, fl.pixels(np.maximum(death_rank, 0)))
+    ext = np.append(f.reshape(-1).astype(np.float64), np.inf)  # index `size` reads as an infinite death
+    return Diagram(shape, dim, ext[birth_index], ext[death_index], birth_index, death_index)
+
+
+def cripser_diagram(f: np.ndarray, construction: str = "V", maxdim: int | None = None) -> np.ndarray:
+    """cripser's rows for the sublevel filtration of ``f`` (float64), dims ``0..maxdim``."""
+    import cripser
+
+    f = np.asarray(f, dtype=np.float64)
+    maxdim = f.ndim - 1 if maxdim is None else maxdim
+    return cripser.compute_ph(f, filtration=construction, maxdim=maxdim, location="yes")
+
+
+def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
+    """Which engine computes ``dims`` of an ``ndim``-D map: ``"native"``, ``"cripser"`` or ``"mixed"``.
+
+    ``"auto"`` is native where it covers the dims, cripser when numba is missing; for a 3D map with
+    dim 1 it is ``"mixed"``: dims 0 and 2 natively, dim 1 from cripser.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "cripser":
+        return "cripser"
+    dims = set(dims)
+    supported = ndim in (2, 3)
+    covered = supported and dims <= set(native_dims(ndim))
+    if backend == "native":
+        require_numba()
+        if not covered:
+            raise ValueError(
+                f"backend='native' computes dims {list(native_dims(ndim))} of {ndim}D maps, got dims "
+                f"{sorted(dims)}: use backend='auto' (which takes dim 1 of 3D maps from cripser) or 'cripser'"
+            )
+        return "native"
+    if not HAVE_NUMBA or not supported:
+        return "cripser"
+    return "native" if covered else "mixed"
+
+
+def persistence(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None,
+                backend: str = "auto") -> Diagram:
+    """The persistence diagram of the sublevel filtration of ``f`` restricted to ``dims`` (default all).
+
+    ``backend``: ``"native"`` (this package's kernels; 2D all dims, 3D dims 0 and 2), ``"cripser"``, or
+    ``"auto"`` (native where it covers ``dims``, cripser for the rest; cripser alone without numba).
+    """
+    f = np.asarray(f)
+    dims = tuple(range(f.ndim)) if dims is None else tuple(dims)
+    engine = resolve(backend, f.ndim, dims)
+    if engine == "native":
+        return native(f, construction, dims)
+    shape = f.shape
+    if engine == "cripser":
+        return Diagram.from_cripser(cripser_diagram(f, construction), shape).restrict(dims)
+    # mixed: dim 1 (and any other) from cripser, the rest natively
+    others = [k for k in dims if k not in native_dims(f.ndim)]
+    rows = cripser_diagram(f, construction, maxdim=max(others))
+    mine = native(f, construction, [k for k in dims if k in native_dims(f.ndim)])
+    theirs = Diagram.from_cripser(rows, shape).restrict(others)
+    return Diagram.concat(shape, [mine.restrict([0]), theirs, mine.restrict([2])])
