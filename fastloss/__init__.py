@@ -1,6 +1,6 @@
 """fastloss: make expensive training losses cheap, and measure what it costs in accuracy."""
 
-from . import functional, schedules
+from . import functional, ph, schedules
 from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
 from .presets import list_presets, preset, register_preset
 from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper, ScheduledWeight
@@ -19,6 +19,7 @@ __all__ = [
     "TopologicalLoss",
     "functional",
     "list_presets",
+    "ph",
     "preset",
     "register_preset",
     "schedules",
