@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,11 +104,27 @@ def _as_map(f: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(f, dtype=np.float64)
 
 
-def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None) -> Diagram:
+# the second pass of a map runs here when the caller allows two threads per map (see native())
+_PASS_POOL: ThreadPoolExecutor | None = None
+_PASS_POOL_LOCK = threading.Lock()
+# below this many pixels a second thread costs more than the pass (about 0.1 ms to hand over)
+CONCURRENT_MIN_PIXELS = 128 * 128
+
+
+def _pass_pool() -> ThreadPoolExecutor:
+    global _PASS_POOL
+    with _PASS_POOL_LOCK:
+        if _PASS_POOL is None:
+            _PASS_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="fastloss-ph-pass")
+        return _PASS_POOL
+
+
+def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None, threads: int = 1) -> Diagram:
     """The diagram of the sublevel filtration of ``f`` by the native engine (dims of :func:`native_dims`).
 
     Rows: dim 0's finite bars by increasing death, its essential bar, then the top dimension's bars by
-    decreasing birth (cripser's order).
+    decreasing birth (cripser's order). ``threads=2`` runs the two passes (they share only the sort,
+    read-only) concurrently; the result does not depend on it.
     """
     require_numba()
     from . import cubical2d, cubical3d
@@ -121,27 +140,32 @@ def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = 
     fl = filtration(f)
     args = (fl.porder, fl.rank, fl.level) + shape[1:]
     t = construction == "T"
+    top = nd - 1
+    if nd == 2:
+        low, high = cubical2d.components, (cubical2d.holes_t if t else cubical2d.holes_v)
+    else:
+        low, high = cubical3d.components, (cubical3d.voids_t if t else cubical3d.voids_v)
+    pending = None
+    if top in dims and 0 in dims and threads > 1 and f.size >= CONCURRENT_MIN_PIXELS:
+        pending = _pass_pool().submit(high, *args)
     parts = []
     if 0 in dims:
-        kernel = cubical2d.components if nd == 2 else cubical3d.components
-        b, d = kernel(*args, t)
+        b, d = low(*args, t)
         parts.append((0, np.append(b, 0), np.append(d, -1)))  # the essential bar (rank 0, never dies)
-    top = nd - 1
     if top in dims:
-        if nd == 2:
-            kernel = cubical2d.holes_t if t else cubical2d.holes_v
-        else:
-            kernel = cubical3d.voids_t if t else cubical3d.voids_v
-        parts.append((top, *kernel(*args)))
+        parts.append((top, *(pending.result() if pending is not None else high(*args))))
     if not parts:
         return Diagram.empty(shape)
-    size = f.size
     dim = np.concatenate([np.full(len(b), k, np.int64) for k, b, _ in parts])
     birth_index = fl.pixels(np.concatenate([b for _, b, _ in parts]))
     death_rank = np.concatenate([d for _, _, d in parts])
-    death_index = np.where(death_rank < 0, size, fl.pixels(np.maximum(death_rank, 0)))
-    ext = np.append(f.reshape(-1).astype(np.float64), np.inf)  # index `size` reads as an infinite death
-    return Diagram(shape, dim, ext[birth_index], ext[death_index], birth_index, death_index)
+    finite = death_rank >= 0
+    death_index = np.full(len(death_rank), f.size, np.int64)  # an essential bar's death index is the size
+    death_index[finite] = fl.pixels(death_rank[finite])
+    flat = f.reshape(-1)
+    death = np.full(len(death_rank), np.inf)
+    death[finite] = flat[death_index[finite]]
+    return Diagram(shape, dim, flat[birth_index].astype(np.float64), death, birth_index, death_index)
 
 
 def cripser_diagram(f: np.ndarray, construction: str = "V", maxdim: int | None = None) -> np.ndarray:
@@ -157,7 +181,7 @@ def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
     """Which engine computes ``dims`` of an ``ndim``-D map: ``"native"``, ``"cripser"`` or ``"mixed"``.
 
     ``"auto"`` is native where it covers the dims, cripser when numba is missing; for a 3D map with
-    dim 1 it is ``"mixed"``: dims 0 and 2 natively, dim 1 from cripser.
+    dim 1 it is ``"mixed"``: dims 0 and 1 from one cripser run, dim 2 natively.
     """
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}")
@@ -180,23 +204,26 @@ def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
 
 
 def persistence(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None,
-                backend: str = "auto") -> Diagram:
+                backend: str = "auto", threads: int = 1) -> Diagram:
     """The persistence diagram of the sublevel filtration of ``f`` restricted to ``dims`` (default all).
 
     ``backend``: ``"native"`` (this package's kernels; 2D all dims, 3D dims 0 and 2), ``"cripser"``, or
     ``"auto"`` (native where it covers ``dims``, cripser for the rest; cripser alone without numba).
+    ``threads``: the native engine may run its two passes concurrently (same result).
     """
     f = np.asarray(f)
     dims = tuple(range(f.ndim)) if dims is None else tuple(dims)
     engine = resolve(backend, f.ndim, dims)
     if engine == "native":
-        return native(f, construction, dims)
+        return native(f, construction, dims, threads)
     shape = f.shape
     if engine == "cripser":
         return Diagram.from_cripser(cripser_diagram(f, construction), shape).restrict(dims)
-    # mixed: dim 1 (and any other) from cripser, the rest natively
-    others = [k for k in dims if k not in native_dims(f.ndim)]
-    rows = cripser_diagram(f, construction, maxdim=max(others))
-    mine = native(f, construction, [k for k in dims if k in native_dims(f.ndim)])
-    theirs = Diagram.from_cripser(rows, shape).restrict(others)
-    return Diagram.concat(shape, [mine.restrict([0]), theirs, mine.restrict([2])])
+    # mixed (3D with dim 1): cripser's run for dim 1 computes dim 0 on the way, so dims 0 and 1 come
+    # from it; dim 2 natively (cheaper than cripser's). Measured at 64^3, 1 thread, interleaved: 1.1x
+    # over cripser alone (IQR 0.9-1.3x); dims 0 and 2 natively next to a dim-1 cripser run: 0.8x.
+    rows = cripser_diagram(f, construction, maxdim=1)
+    parts = [Diagram.from_cripser(rows, shape).restrict([k for k in dims if k < 2])]
+    if 2 in dims:
+        parts.append(native(f, construction, (2,)))
+    return Diagram.concat(shape, parts)
