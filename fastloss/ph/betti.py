@@ -22,64 +22,88 @@ from .unionfind import union_count
 
 
 @njit
-def _count_2d(grid: np.ndarray, value: int, conn8: bool) -> int:
-    """Number of components of the pixels equal to ``value`` (4- or 8-connected)."""
-    h, w = grid.shape
-    parent = np.arange(h * w).astype(np.int32)
-    count = 0
-    for i in range(h):
-        for j in range(w):
-            if grid[i, j] != value:
+def _runs(grid: np.ndarray, value: int):
+    """Maximal runs of ``value`` along the last axis of a C-contiguous array viewed as rows.
+
+    Returns ``(row_start, run_begin, run_end)``: the runs of row ``r`` are ``row_start[r]`` to
+    ``row_start[r + 1] - 1``, each covering columns ``run_begin..run_end`` (inclusive).
+    """
+    w = grid.shape[-1]
+    rows = grid.size // w
+    flat = grid.reshape(rows, w)
+    row_start = np.empty(rows + 1, np.int32)
+    begin = np.empty(grid.size // 2 + rows, np.int32)
+    end = np.empty(grid.size // 2 + rows, np.int32)
+    m = 0
+    for r in range(rows):
+        row_start[r] = m
+        j = 0
+        while j < w:
+            if flat[r, j] != value:
+                j += 1
                 continue
-            p = i * w + j
-            count += 1
-            # neighbours already scanned: left, and the row above
-            if j > 0 and grid[i, j - 1] == value:
-                count -= union_count(parent, p, p - 1)
-            if i > 0:
-                if grid[i - 1, j] == value:
-                    count -= union_count(parent, p, p - w)
-                if conn8:
-                    if j > 0 and grid[i - 1, j - 1] == value:
-                        count -= union_count(parent, p, p - w - 1)
-                    if j + 1 < w and grid[i - 1, j + 1] == value:
-                        count -= union_count(parent, p, p - w + 1)
+            begin[m] = j
+            while j < w and flat[r, j] == value:
+                j += 1
+            end[m] = j - 1
+            m += 1
+    row_start[rows] = m
+    return row_start, begin, end
+
+
+@njit
+def _join_rows(parent, row_start, begin, end, r: int, q: int, reach: int) -> int:
+    """Union every run of row ``r`` with the runs of row ``q`` it touches (``reach`` 0: sharing a column,
+    1: also diagonally); returns the number of successful unions."""
+    joined = 0
+    i = row_start[r]
+    i_end = row_start[r + 1]
+    j = row_start[q]
+    j_end = row_start[q + 1]
+    while i < i_end and j < j_end:
+        if begin[j] <= end[i] + reach and begin[i] <= end[j] + reach:
+            joined += union_count(parent, i, j)
+        # advance the run that ends first
+        if end[i] < end[j]:
+            i += 1
+        else:
+            j += 1
+    return joined
+
+
+@njit
+def _count_2d(grid: np.ndarray, value: int, conn8: bool) -> int:
+    """Number of components of the pixels equal to ``value`` (4- or 8-connected), by runs."""
+    h = grid.shape[0]
+    row_start, begin, end = _runs(grid, value)
+    count = row_start[h]
+    parent = np.arange(count).astype(np.int32)
+    reach = 1 if conn8 else 0
+    for r in range(1, h):
+        count -= _join_rows(parent, row_start, begin, end, r, r - 1, reach)
     return count
 
 
 @njit
 def _count_3d(grid: np.ndarray, value: int, conn26: bool) -> int:
-    """Number of components of the voxels equal to ``value`` (6- or 26-connected)."""
-    d, h, w = grid.shape
-    parent = np.arange(d * h * w).astype(np.int32)
-    count = 0
+    """Number of components of the voxels equal to ``value`` (6- or 26-connected), by runs."""
+    d, h, _ = grid.shape
+    row_start, begin, end = _runs(grid, value)
+    count = row_start[d * h]
+    parent = np.arange(count).astype(np.int32)
+    reach = 1 if conn26 else 0
     for a in range(d):
         for b in range(h):
-            for c in range(w):
-                if grid[a, b, c] != value:
-                    continue
-                p = (a * h + b) * w + c
-                count += 1
-                # the 13 (26-conn) or 3 (6-conn) neighbours scanned before (a, b, c)
-                for da in range(-1, 1):
-                    aa = a + da
-                    if aa < 0:
-                        continue
-                    for db in range(-1, 2):
-                        bb = b + db
-                        if bb < 0 or bb >= h or (da == 0 and db > 0):
-                            continue
-                        for dc in range(-1, 2):
-                            if da == 0 and db == 0 and dc >= 0:
-                                continue
-                            nz = (da != 0) + (db != 0) + (dc != 0)
-                            if not conn26 and nz > 1:
-                                continue
-                            cc = c + dc
-                            if cc < 0 or cc >= w:
-                                continue
-                            if grid[aa, bb, cc] == value:
-                                count -= union_count(parent, p, (aa * h + bb) * w + cc)
+            r = a * h + b
+            if b > 0:
+                count -= _join_rows(parent, row_start, begin, end, r, r - 1, reach)
+            if a > 0:
+                count -= _join_rows(parent, row_start, begin, end, r, r - h, reach)
+                if conn26:
+                    if b > 0:
+                        count -= _join_rows(parent, row_start, begin, end, r, r - h - 1, 1)
+                    if b + 1 < h:
+                        count -= _join_rows(parent, row_start, begin, end, r, r - h + 1, 1)
     return count
 
 

@@ -92,8 +92,9 @@ def padded_index(shape: np.ndarray) -> np.ndarray:
 
 
 @njit
-def radix_sort32(keys: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, keys)`` sorted stably by the uint32 keys: two 16-bit LSD passes."""
+def radix_sort32(keys: np.ndarray, labels: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, keys)`` sorted stably by the uint32 keys (two 16-bit LSD passes); also writes
+    ``rank[label] = position`` on the way."""
     n = keys.size
     mask = np.uint32(_BUCKETS - 1)
     lo = np.zeros(_BUCKETS, np.int32)
@@ -127,8 +128,10 @@ def radix_sort32(keys: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
         d = k >> np.uint32(_DIGIT)
         pos = hi[d]
         hi[d] = pos + 1
-        out[pos] = tmp[j]
+        label = tmp[j]
+        out[pos] = label
         out_key[pos] = k
+        rank[label] = pos
     return out, out_key
 
 
@@ -184,13 +187,10 @@ def levels(sorted_keys: np.ndarray) -> np.ndarray:
 
 
 @njit
-def scatter_ranks(porder: np.ndarray, padded_size: int) -> np.ndarray:
-    """Ranks on the padded grid; padding cells get rank ``n`` (the outside)."""
-    n = porder.size
-    rank = np.full(padded_size, n, np.int32)
-    for k in range(n):
+def scatter_ranks(porder: np.ndarray, rank: np.ndarray) -> None:
+    """``rank[porder[k]] = k`` (the sorts other than :func:`radix_sort32` leave it to this)."""
+    for k in range(porder.size):
         rank[porder[k]] = k
-    return rank
 
 
 class Filtration:
@@ -229,17 +229,22 @@ def filtration(values: np.ndarray) -> Filtration:
     if padded_size >= np.iinfo(np.int32).max - 8:
         raise ValueError(f"maps of fewer than 2**31 - 9 padded pixels are supported, got shape {shape}")
     labels = padded_index(np.array(shape, np.int64))
+    rank = np.full(padded_size, flat.size, np.int32)  # padding: the outside, rank n
     if flat.dtype == np.float64 and float32_exact(flat):
         flat = flat.astype(np.float32)
     if flat.dtype == np.float32:
-        keys, radix = float32_keys(flat.view(np.uint32)), radix_sort32
+        keys = float32_keys(flat.view(np.uint32))
     elif flat.dtype == np.float64:
-        keys, radix = float64_keys(flat.view(np.uint64)), radix_sort64
+        keys = float64_keys(flat.view(np.uint64))
     else:
         raise TypeError(f"expected a float32 or float64 map, got {flat.dtype}")
     if flat.size < SMALL:
         o = np.argsort(keys, kind="stable")
         porder, skeys = labels[o], keys[o]
+        scatter_ranks(porder, rank)
+    elif keys.dtype == np.uint32:
+        porder, skeys = radix_sort32(keys, labels, rank)
     else:
-        porder, skeys = radix(keys, labels)
-    return Filtration(shape, porder, scatter_ranks(porder, padded_size), levels(skeys))
+        porder, skeys = radix_sort64(keys, labels)
+        scatter_ranks(porder, rank)
+    return Filtration(shape, porder, rank, levels(skeys))
