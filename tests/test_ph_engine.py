@@ -418,3 +418,10 @@ def test_concurrent_passes_same_diagram(construction, shape):
     one = ph.persistence(f, construction, dims, backend="native", threads=1).to_cripser()
     two = ph.persistence(f, construction, dims, backend="native", threads=2).to_cripser()
     assert np.array_equal(one, two)
+
+
+def test_nan_map_is_rejected():
+    f = np.zeros((4, 4))
+    f[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ph.persistence(f, backend="native")

@@ -100,14 +100,18 @@ def _as_map(f: np.ndarray) -> np.ndarray:
     if f.size == 0:
         raise ValueError(f"cannot compute persistence of an empty map of shape {f.shape}")
     if f.dtype in (np.float16, np.float32):  # exact in float32; a network's maps are float32
-        return np.ascontiguousarray(f, dtype=np.float32)
-    return np.ascontiguousarray(f, dtype=np.float64)
+        f = np.ascontiguousarray(f, dtype=np.float32)
+    else:
+        f = np.ascontiguousarray(f, dtype=np.float64)
+    if np.isnan(f).any():
+        raise ValueError("cannot compute persistence of a map with NaN values")
+    return f
 
 
 # the second pass of a map runs here when the caller allows two threads per map (see native())
 _PASS_POOL: ThreadPoolExecutor | None = None
 _PASS_POOL_LOCK = threading.Lock()
-# below this many pixels a second thread costs more than the pass (about 0.1 ms to hand over)
+# below this many pixels (a pass of well under 1 ms) a hand-over to another thread is not worth it
 CONCURRENT_MIN_PIXELS = 128 * 128
 
 
