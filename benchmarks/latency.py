@@ -86,10 +86,14 @@ def ph_cases(size: int, dim: int) -> tuple[str, dict, list[tuple[str, str, str]]
         "loss native": lambda: training_step(native, x, t),
         "loss cripser": lambda: training_step(cripser, x, t),
     }
-    what = "dims 0+1" if dim == 2 else "dims 0+1+2; auto: 0-1 cripser, 2 native"
+    if dim == 3:  # what the native engine covers in 3D: dims 0 and 2 (cripser computes them with dim 1)
+        fns["ph native 0+2"] = lambda: topo.persistence_diagram(f32, "V", dims=(0, 2), backend="native")
+    what = "dims 0+1" if dim == 2 else "dims 0+1+2; auto = cripser"
     pairs = [(f"PH diagram ({what})", "ph native", "ph cripser"),
              ("target Betti numbers", "betti labelling", "betti cripser"),
              ("loss call, fresh target (fwd+bwd)", "loss native", "loss cripser")]
+    if dim == 3:
+        pairs.insert(1, ("PH diagram, dims 0+2 (native) vs cripser's run", "ph native 0+2", "ph cripser"))
     label = f"{size}x{size}" if dim == 2 else f"{size}^3"
     return label, fns, pairs
 

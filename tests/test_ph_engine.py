@@ -301,8 +301,8 @@ class TestLossBackends:
         value = fastloss.TopologicalLoss(dims=[0, 2], backend="auto")(pred, target)
         assert torch.isfinite(value)
 
-    def test_3d_dim_1_auto_merges_cripser(self):
-        """auto in 3D with dim 1: dims 0-1 from cripser, dim 2 native; the loss equals cripser's."""
+    def test_3d_dim_1_auto_uses_cripser(self):
+        """auto in 3D with dim 1: cripser for the map (the target still by labelling); equal loss."""
         target = torch.zeros(1, 1, 9, 9, 9)
         target[..., 2:7, 2:7, 2:7] = 1
         target[..., 2:7, 4:5, 4:5] = 0  # a tunnel: beta_1 = 1

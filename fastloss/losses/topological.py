@@ -92,21 +92,19 @@ def persistence_diagram(
     *,
     dims: Sequence[int] | None = None,
     backend: str = "auto",
-    threads: int = 1,
 ) -> np.ndarray:
     """The diagram of the sublevel filtration of ``f`` in cripser's format: rows ``[dim, birth, death,
     birth xyz, death xyz]`` (an essential bar: death ``inf``, death coordinates -1).
 
     ``dims`` (default ``0..maxdim``, ``maxdim`` default ``f.ndim - 1``) are the dimensions needed; the
     cripser backend computes ``0..maxdim`` as before. ``backend``: see :class:`TopologicalLoss`.
-    ``threads``: the native engine may run its two passes concurrently (same result).
     """
     f = np.asarray(f)
     maxdim = f.ndim - 1 if maxdim is None else maxdim
     dims = tuple(range(maxdim + 1)) if dims is None else tuple(dims)
     if engine.resolve(backend, f.ndim, dims) == "cripser":
         return cripser.compute_ph(np.asarray(f, dtype=np.float64), filtration=construction, maxdim=maxdim, location="yes")
-    return engine.persistence(f, construction, dims, backend, threads).to_cripser()
+    return engine.persistence(f, construction, dims, backend).to_cripser()
 
 
 def _persistence(ph: np.ndarray) -> np.ndarray:
@@ -283,15 +281,10 @@ def _to_numpy(x: Tensor) -> np.ndarray:
 
 
 def fresh_selection(
-    f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str, backend: str = "auto",
-    threads: int = 1,
+    f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str, backend: str = "auto"
 ) -> BarSelection:
-    """The exact bar selection of one map: its diagram now, ranked against ``betti``.
-
-    ``threads``: threads this map may use (the native engine then runs its two passes concurrently).
-    """
-    diagram = persistence_diagram(f, construction, dims=dims, backend=backend, threads=threads)
-    return select_bars(diagram, betti, dims, f.shape)
+    """The exact bar selection of one map: its diagram now, ranked against ``betti``."""
+    return select_bars(persistence_diagram(f, construction, dims=dims, backend=backend), betti, dims, f.shape)
 
 
 # (cfg, f of shape (N, *spatial), target masks of the same shape or None, dims) -> one selection per map
@@ -299,15 +292,11 @@ Selector = Callable[[TopologyConfig, np.ndarray, "np.ndarray | None", tuple[int,
 
 
 def exact_selections(cfg: TopologyConfig, f: np.ndarray, masks: np.ndarray | None, dims) -> list[BarSelection]:
-    """Target Betti numbers and the prediction's selection of every map, in the loss's thread pool.
-
-    Workers left over when there are fewer maps than workers go to the maps' two PH passes.
-    """
-    threads = max(1, (cfg.workers or os.cpu_count() or 1) // len(f))
+    """Target Betti numbers and the prediction's selection of every map, in the loss's thread pool."""
 
     def job(i: int) -> BarSelection:
         betti = cfg.betti if masks is None else betti_numbers(masks[i], cfg.construction, cfg.backend)
-        return fresh_selection(f[i], betti, dims, cfg.construction, cfg.backend, threads)
+        return fresh_selection(f[i], betti, dims, cfg.construction, cfg.backend)
 
     return run_per_map(job, len(f), cfg.workers, "persistent homology")
 
@@ -365,14 +354,12 @@ class TopologicalLoss(nn.Module):
         from_logits: ``input`` holds logits; a sigmoid is applied first.
         reduction: ``"mean"`` | ``"sum"`` over the (B, C) maps, or ``"none"`` for a (B, C) tensor.
         workers: threads computing the maps' diagrams in parallel; ``None`` uses one per core (up to
-            the number of maps; with fewer maps than workers the native engine also runs a map's two
-            passes concurrently), ``1`` is sequential. The result does not depend on it.
+            the number of maps), ``1`` is sequential. The result does not depend on it.
         betti: a topological prior ``(beta_0, beta_1, ...)`` used instead of a target mask
             (call with ``target=None``).
         backend: persistent-homology engine. ``"auto"`` (default): the native engine
-            (:mod:`fastloss.ph`, numba) where it covers ``dims`` (2D: all; 3D: 0 and 2); for 3D maps
-            with dim 1, dims 0-1 from cripser and dim 2 native; cripser alone when numba is not
-            installed. ``"native"``: the
+            (:mod:`fastloss.ph`, numba) where it covers ``dims`` (2D: all; 3D: 0 and 2), else cripser
+            (3D maps with dim 1; also without numba). ``"native"``: the
             native engine only (``ValueError`` for 3D dim 1, ``ImportError`` without numba).
             ``"cripser"``: cripser for everything (the reference). The target's Betti numbers come
             from labelling the mask unless ``"cripser"``. Same loss value with every backend; the
