@@ -425,3 +425,19 @@ def test_nan_map_is_rejected():
     f[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         ph.persistence(f, backend="native")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([2, 3]), st.integers(0, 2**32 - 1), st.sampled_from("VT"))
+def test_loss_with_ties_equals_cripser(ndim, seed, construction):
+    """Quantised predictions (ties everywhere): bitwise the cripser backend's loss. Persistence ties are
+    broken by row order, and both engines order rows by death (dim 0) / birth (top dim) values."""
+    rng = np.random.default_rng(seed)
+    shape = (2, 1, *rng.integers(2, 20 if ndim == 2 else 7, size=ndim).tolist())
+    levels = int(rng.integers(2, 6))
+    pred = torch.from_numpy(np.floor(rng.random(shape) * levels) / levels).float()
+    target = torch.from_numpy(rng.random(shape) < 0.5).float()
+    dims = [0, ndim - 1]
+    a = topological_loss(pred, target, construction=construction, dims=dims, backend="auto", reduction="none")
+    b = topological_loss(pred, target, construction=construction, dims=dims, backend="cripser", reduction="none")
+    assert torch.equal(a, b)

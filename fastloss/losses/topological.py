@@ -359,11 +359,13 @@ class TopologicalLoss(nn.Module):
             (call with ``target=None``).
         backend: persistent-homology engine. ``"auto"`` (default): the native engine
             (:mod:`fastloss.ph`, numba) where it covers ``dims`` (2D: all; 3D: 0 and 2), else cripser
-            (3D maps with dim 1; also without numba). ``"native"``: the
-            native engine only (``ValueError`` for 3D dim 1, ``ImportError`` without numba).
-            ``"cripser"``: cripser for everything (the reference). The target's Betti numbers come
-            from labelling the mask unless ``"cripser"``. Same loss value with every backend; the
-            same gradient unless the map has ties (then another pixel of the same value may carry it).
+            (3D maps with dim 1; everything without numba). ``"native"``: the native engine only
+            (``ValueError`` for 3D dim 1, ``ImportError`` without numba). ``"cripser"``: cripser for
+            everything (the reference). The target's Betti numbers come from labelling the mask
+            unless ``"cripser"``. The loss value is the same with every backend, the gradient too
+            unless the map has ties (then another pixel of the same value may carry it). One
+            exception: cripser gets 2D maps one pixel wide wrong under ``"V"`` (no edges), the
+            native engine does not.
 
     Shape:
         - input: :math:`(B, C, H, W)` or :math:`(B, C, D, H, W)`, foreground probabilities in [0, 1]
