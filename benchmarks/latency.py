@@ -3,23 +3,33 @@
 One training call (forward + backward w.r.t. the input) measured with ``torch.utils.benchmark.Timer``
 (``blocked_autorange``: repeated blocks, synchronised on CUDA), on ``--threads`` torch threads.
 Perceptual backbones use random weights (``weights=None``): the cost is the same as pretrained.
+
+``--ph`` compares the persistent-homology backends per map instead (native engine vs cripser): the
+diagram alone, the target's Betti numbers, and a whole loss call with a fresh target, interleaved
+round by round so that both sides see the same machine load; it reports medians, IQRs and the
+per-round speedup's median and IQR.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import time
 
+import numpy as np
 import torch
 import torch.utils.benchmark as benchmark
 
 import fastloss
 from fastloss.bench import workloads
 from fastloss.bench.measure import training_step
+from fastloss.losses import topological as topo
 
 from .suite import WEIGHTS_NOTE
 
 LOSSES = {
     "topology": lambda: fastloss.TopologicalLoss(workers=1),
+    "topology[cripser]": lambda: fastloss.TopologicalLoss(workers=1, backend="cripser"),
     "vgg19": lambda: fastloss.PerceptualLoss("vgg19", weights=None),
     "vgg16": lambda: fastloss.PerceptualLoss("vgg16", weights=None),
     "resnet18": lambda: fastloss.PerceptualLoss("resnet18", weights=None),
@@ -28,11 +38,82 @@ LOSSES = {
 
 
 def inputs(key: str, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if key == "topology":
+    if key.startswith("topology"):
         wl = workloads.topology_workload(size=size, batch=batch, samples=batch, epochs=1)
     else:
         wl = workloads.perceptual_workload(size=size, batch=batch, samples=batch, epochs=1)
     return next(wl.trajectory())
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def interleaved(fns: dict[str, object], rounds: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, one call of each per round (order rotated every round)."""
+    names = list(fns)
+    for fn in fns.values():  # warm-up: compile, caches
+        fn()
+    times = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def ph_cases(size: int, dim: int) -> tuple[str, dict, list[tuple[str, str, str]]]:
+    """The timed functions for one map of a topology workload and the (label, new, old) pairs to report."""
+    x, t = inputs("topology", size, 1) if dim == 2 else next(
+        workloads.topology_workload(size=size, batch=1, samples=1, epochs=1, dim=3).trajectory())
+    f32 = (1 - x[0, 0]).numpy()
+    mask = t[0, 0].numpy()
+    dims = tuple(range(dim))
+    native = fastloss.TopologicalLoss(workers=1, backend="auto")
+    cripser = fastloss.TopologicalLoss(workers=1, backend="cripser")
+    fns = {
+        "ph native": lambda: topo.persistence_diagram(f32, "V", dims=dims, backend="auto"),
+        "ph cripser": lambda: topo.persistence_diagram(f32, "V", dims=dims, backend="cripser"),
+        "betti labelling": lambda: topo.betti_numbers(mask, "V", backend="auto"),
+        "betti cripser": lambda: topo.betti_numbers(mask, "V", backend="cripser"),
+        "loss native": lambda: training_step(native, x, t),
+        "loss cripser": lambda: training_step(cripser, x, t),
+    }
+    if dim == 3:  # what the native engine covers in 3D: dims 0 and 2 (cripser computes them with dim 1)
+        fns["ph native 0+2"] = lambda: topo.persistence_diagram(f32, "V", dims=(0, 2), backend="native")
+    what = "dims 0+1" if dim == 2 else "dims 0+1+2; auto = cripser"
+    pairs = [(f"PH diagram ({what})", "ph native", "ph cripser"),
+             ("target Betti numbers", "betti labelling", "betti cripser"),
+             ("loss call, fresh target (fwd+bwd)", "loss native", "loss cripser")]
+    if dim == 3:
+        pairs.insert(1, ("PH diagram, dims 0+2 (native) vs cripser's run", "ph native 0+2", "ph cripser"))
+    label = f"{size}x{size}" if dim == 2 else f"{size}^3"
+    return label, fns, pairs
+
+
+def ph_main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; torch threads={args.threads}; one map (batch 1), construction V; "
+          f"{args.rounds} interleaved rounds")
+    print("| map | what | native ms (IQR) | cripser ms (IQR) | speedup median [IQR] |\n|---|---|---|---|---|")
+    cases = [(s, 2) for s in args.sizes] + [(s, 3) for s in args.sizes3d]
+    for size, dim in cases:
+        label, fns, pairs = ph_cases(size, dim)
+        times = interleaved(fns, args.rounds)
+        for what, new, old in pairs:
+            a, b = times[new] * 1e3, times[old] * 1e3
+            ratio = b / a  # per round: both measured back to back
+            q = lambda v: f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"  # noqa: E731
+            print(f"| {label} | {what} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
+                  f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--ph", action="store_true", help="native PH engine vs cripser, per map (see above)")
+    parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --ph")
     args = parser.parse_args(argv)
+    if args.ph:
+        return ph_main(args)
     device = torch.device(args.device)
     print(f"note: {WEIGHTS_NOTE}; device={args.device}; torch threads={args.threads}; batch={args.batch}")
     print("| loss | size | median ms | IQR ms | runs |\n|---|---|---|---|---|")

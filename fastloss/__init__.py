@@ -1,6 +1,6 @@
 """fastloss: make expensive training losses cheap, and measure what it costs in accuracy."""
 
-from . import functional, hardware, schedules
+from . import functional, hardware, ph, schedules
 from .autotune import AutotuneResult, autotune
 from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
 from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
@@ -33,6 +33,7 @@ __all__ = [
     "functional",
     "hardware",
     "list_presets",
+    "ph",
     "preset",
     "register_preset",
     "schedules",

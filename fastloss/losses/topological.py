@@ -1,8 +1,9 @@
-r"""Persistent-homology topology loss (Betti-number matching) on cubical complexes, cripser backend.
+r"""Persistent-homology topology loss (Betti-number matching) on cubical complexes.
 
 For each (b, c) map the prediction ``p`` is turned into the sublevel filtration :math:`f = 1 - p`
-(foreground appears first). Persistent homology of ``f`` is computed on the CPU with
-``cripser.compute_ph`` on a detached copy; each bar :math:`(b_i, d_i)` of dimension :math:`k` has
+(foreground appears first). Persistent homology of ``f`` is computed on the CPU on a detached copy, by
+the native engine :mod:`fastloss.ph` (numba; 2D all dims, 3D dims 0 and 2) or by
+``cripser.compute_ph`` (``backend``); each bar :math:`(b_i, d_i)` of dimension :math:`k` has
 persistence :math:`d_i - b_i` (an infinite death counts as 1). With :math:`\beta_k` the target's
 Betti number, the bars are ranked by persistence and
 
@@ -12,7 +13,11 @@ Betti number, the bars are ranked by persistence and
 
 (Hu et al. 2019, Clough et al. 2019): the :math:`\beta_k` most persistent bars are pushed to
 :math:`(0, 1)`, every other bar onto the diagonal. Values enter autograd by gathering ``f`` at the
-birth/death pixel indices cripser returns, so the gradient reaches exactly the critical pixels.
+birth/death pixel indices of the diagram, so the gradient reaches exactly the critical pixels.
+
+Both engines give the same diagram (dimensions, values, critical pixels) on maps without ties; with
+ties the same (dim, birth, death) values, possibly at other pixels of the same value (tested). The
+target's Betti numbers are exact either way: the native path labels the mask's components (O(n)).
 
 The module is split so that :class:`fastloss.CachedPH` can reuse its parts: :func:`betti_numbers`
 (target side, exact), :func:`select_bars` (which pixels, from a prediction's diagram) and
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import ph as engine
 from .._validation import (
     check_binary,
     check_choice,
@@ -56,6 +62,7 @@ __all__ = [
 ]
 
 CONSTRUCTIONS = ("V", "T")
+BACKENDS = engine.BACKENDS
 # A target bar counts towards the Betti number when its persistence is at least this.
 TARGET_PERSISTENCE = 0.5
 
@@ -78,10 +85,26 @@ class BarSelection:
         return len(self.keep_birth) + len(self.drop_birth)
 
 
-def persistence_diagram(f: np.ndarray, construction: str = "V", maxdim: int | None = None) -> np.ndarray:
-    """cripser's diagram of the sublevel filtration of ``f``: rows ``[dim, birth, death, birth xyz, death xyz]``."""
+def persistence_diagram(
+    f: np.ndarray,
+    construction: str = "V",
+    maxdim: int | None = None,
+    *,
+    dims: Sequence[int] | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
+    """The diagram of the sublevel filtration of ``f`` in cripser's format: rows ``[dim, birth, death,
+    birth xyz, death xyz]`` (an essential bar: death ``inf``, death coordinates -1).
+
+    ``dims`` (default ``0..maxdim``, ``maxdim`` default ``f.ndim - 1``) are the dimensions needed; the
+    cripser backend computes ``0..maxdim`` as before. ``backend``: see :class:`TopologicalLoss`.
+    """
+    f = np.asarray(f)
     maxdim = f.ndim - 1 if maxdim is None else maxdim
-    return cripser.compute_ph(np.asarray(f, dtype=np.float64), filtration=construction, maxdim=maxdim, location="yes")
+    dims = tuple(range(maxdim + 1)) if dims is None else tuple(dims)
+    if engine.resolve(backend, f.ndim, dims) == "cripser":
+        return cripser.compute_ph(np.asarray(f, dtype=np.float64), filtration=construction, maxdim=maxdim, location="yes")
+    return engine.persistence(f, construction, dims, backend).to_cripser()
 
 
 def _persistence(ph: np.ndarray) -> np.ndarray:
@@ -89,11 +112,18 @@ def _persistence(ph: np.ndarray) -> np.ndarray:
     return death - ph[:, 1]
 
 
-def betti_numbers(mask: np.ndarray, construction: str = "V") -> tuple[int, ...]:
-    """Betti numbers ``(beta_0, ..., beta_{n-1})`` of a binary mask: bars of ``1 - mask`` with persistence >= 0.5."""
-    ph = persistence_diagram(1.0 - np.asarray(mask, dtype=np.float64), construction)
-    strong = _persistence(ph) >= TARGET_PERSISTENCE
-    return tuple(int(np.count_nonzero(strong & (ph[:, 0] == k))) for k in range(mask.ndim))
+def betti_numbers(mask: np.ndarray, construction: str = "V", backend: str = "auto") -> tuple[int, ...]:
+    """Betti numbers ``(beta_0, ..., beta_{n-1})`` of a binary mask: bars of ``1 - mask`` with persistence >= 0.5.
+
+    Those are the bars born at 0, i.e. the homology of the foreground complex. ``"auto"``/``"native"``
+    count it by labelling (:func:`fastloss.ph.betti_numbers`, O(n)); ``"cripser"`` from its diagram.
+    """
+    mask = np.asarray(mask)
+    if engine.resolve(backend, mask.ndim, ()) != "cripser":
+        return engine.betti_numbers(mask, construction)
+    diagram = persistence_diagram(1.0 - np.asarray(mask, dtype=np.float64), construction, backend="cripser")
+    strong = _persistence(diagram) >= TARGET_PERSISTENCE
+    return tuple(int(np.count_nonzero(strong & (diagram[:, 0] == k))) for k in range(mask.ndim))
 
 
 def _linear_indices(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -104,7 +134,7 @@ def _linear_indices(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def select_bars(ph: np.ndarray, betti: Sequence[int], dims: Sequence[int], shape: Sequence[int]) -> BarSelection:
     """Rank each dimension's bars by persistence; the top ``betti[k]`` are kept, the rest removed.
 
-    Ties are broken by cripser's row order (stable sort), so the selection is deterministic.
+    Ties are broken by the diagram's row order (stable sort), so the selection is deterministic.
     """
     ndim = len(shape)
     numel = int(np.prod(shape))
@@ -127,7 +157,7 @@ def selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     """Differentiable loss of each map, shape ``(N,)``, from ``f`` of shape ``(N, *spatial)``.
 
     This is the only part autograd sees: ``f`` is gathered at the selected birth/death pixels. It runs
-    in at least float32 with autocast off (cripser's diagram is float64 anyway; nothing to gain).
+    in at least float32 with autocast off (the diagram's values are float64 anyway; nothing to gain).
     """
     with torch.autocast(f.device.type, enabled=False):
         return _selection_loss(upcast(f), selections)
@@ -157,7 +187,7 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
 
 
 def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: str) -> list:
-    """Run ``fn(i)`` for ``i < n`` in a thread pool (cripser releases the GIL); ``workers=1`` is sequential.
+    """Run ``fn(i)`` for ``i < n`` in a thread pool (both PH engines release the GIL); ``workers=1`` is sequential.
 
     A worker's exception surfaces here as a ``RuntimeError`` naming the map it failed on.
     """
@@ -185,9 +215,13 @@ class TopologyConfig:
     reduction: str = "mean"
     workers: int | None = None
     betti: tuple[int, ...] | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("construction", self.construction, CONSTRUCTIONS)
+        check_choice("backend", self.backend, BACKENDS)
+        if self.backend == "native":
+            engine.require_numba()
         check_reduction(self.reduction)
         if self.workers is not None:
             check_positive_int("workers", self.workers)
@@ -207,6 +241,7 @@ class TopologyConfig:
                 f"`dims` must lie in [0, {n_betti - 1}] for {spatial_ndim}D maps"
                 f"{'' if self.betti is None else f' and betti={self.betti}'}, got {list(dims)}"
             )
+        engine.resolve(self.backend, spatial_ndim, dims)  # backend="native" without the dims: a ValueError now
         return dims
 
     def check(self, input: object, target: object) -> tuple[Tensor, Tensor | None]:
@@ -240,12 +275,16 @@ class TopologyConfig:
 
 
 def _to_numpy(x: Tensor) -> np.ndarray:
-    return x.detach().to("cpu", torch.float64).numpy()
+    """A detached CPU copy, float64 for float64 tensors and float32 otherwise (exact for every float
+    dtype torch has below 64 bits; the native engine sorts float32 keys, cripser upcasts)."""
+    return x.detach().to("cpu", torch.float64 if x.dtype == torch.float64 else torch.float32).numpy()
 
 
-def fresh_selection(f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str) -> BarSelection:
+def fresh_selection(
+    f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str, backend: str = "auto"
+) -> BarSelection:
     """The exact bar selection of one map: its diagram now, ranked against ``betti``."""
-    return select_bars(persistence_diagram(f, construction), betti, dims, f.shape)
+    return select_bars(persistence_diagram(f, construction, dims=dims, backend=backend), betti, dims, f.shape)
 
 
 # (cfg, f of shape (N, *spatial), target masks of the same shape or None, dims) -> one selection per map
@@ -256,8 +295,8 @@ def exact_selections(cfg: TopologyConfig, f: np.ndarray, masks: np.ndarray | Non
     """Target Betti numbers and the prediction's selection of every map, in the loss's thread pool."""
 
     def job(i: int) -> BarSelection:
-        betti = cfg.betti if masks is None else betti_numbers(masks[i], cfg.construction)
-        return fresh_selection(f[i], betti, dims, cfg.construction)
+        betti = cfg.betti if masks is None else betti_numbers(masks[i], cfg.construction, cfg.backend)
+        return fresh_selection(f[i], betti, dims, cfg.construction, cfg.backend)
 
     return run_per_map(job, len(f), cfg.workers, "persistent homology")
 
@@ -287,6 +326,7 @@ def topological_loss(
     from_logits: bool = False,
     reduction: str = "mean",
     workers: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Functional form of :class:`TopologicalLoss`; see it for the arguments.
 
@@ -295,7 +335,7 @@ def topological_loss(
         >>> topological_loss(target.clone(), target).item()
         0.0
     """
-    cfg = TopologyConfig(_as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti))
+    cfg = TopologyConfig(_as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti), backend)
     return _topological_loss(cfg, input, target)
 
 
@@ -306,14 +346,26 @@ class TopologicalLoss(nn.Module):
 
     Args:
         dims: homology dimensions to match; default all (``0..ndim-1``: components, loops, voids).
-        construction: cubical complex construction, ``"V"`` (pixels are vertices, 8/26-connected
-            foreground) or ``"T"`` (pixels are top cells, 4/6-connected).
+        construction: cubical complex construction, ``"V"`` (pixels are vertices, a cell takes its max
+            vertex: foreground components are 4-connected in 2D, 6-connected in 3D; holes 8/26) or
+            ``"T"`` (pixels are top cells, a lower cell takes the min of its pixels: foreground
+            8/26-connected; holes 4/6). Two diagonal foreground pixels: two components under ``"V"``,
+            one under ``"T"``.
         from_logits: ``input`` holds logits; a sigmoid is applied first.
         reduction: ``"mean"`` | ``"sum"`` over the (B, C) maps, or ``"none"`` for a (B, C) tensor.
         workers: threads computing the maps' diagrams in parallel; ``None`` uses one per core (up to
             the number of maps), ``1`` is sequential. The result does not depend on it.
         betti: a topological prior ``(beta_0, beta_1, ...)`` used instead of a target mask
             (call with ``target=None``).
+        backend: persistent-homology engine. ``"auto"`` (default): the native engine
+            (:mod:`fastloss.ph`, numba) where it covers ``dims`` (2D: all; 3D: 0 and 2), else cripser
+            (3D maps with dim 1; everything without numba). ``"native"``: the native engine only
+            (``ValueError`` for 3D dim 1, ``ImportError`` without numba). ``"cripser"``: cripser for
+            everything (the reference). The target's Betti numbers come from labelling the mask
+            unless ``"cripser"``. The loss value is the same with every backend, the gradient too
+            unless the map has ties (then another pixel of the same value may carry it). One
+            exception: cripser gets 2D maps one pixel wide wrong under ``"V"`` (no edges), the
+            native engine does not.
 
     Shape:
         - input: :math:`(B, C, H, W)` or :math:`(B, C, D, H, W)`, foreground probabilities in [0, 1]
@@ -339,9 +391,12 @@ class TopologicalLoss(nn.Module):
         reduction: str = "mean",
         workers: int | None = None,
         betti: Sequence[int] | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.config = TopologyConfig(_as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti))
+        self.config = TopologyConfig(
+            _as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti), backend
+        )
 
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         return _topological_loss(self.config, input, target)
@@ -354,5 +409,5 @@ class TopologicalLoss(nn.Module):
         c = self.config
         return (
             f"dims={c.dims}, construction={c.construction!r}, from_logits={c.from_logits}, "
-            f"reduction={c.reduction!r}, workers={c.workers}, betti={c.betti}"
+            f"reduction={c.reduction!r}, workers={c.workers}, betti={c.betti}, backend={c.backend!r}"
         )

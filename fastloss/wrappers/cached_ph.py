@@ -190,7 +190,7 @@ class CachedPH(LossWrapper):
         which = list(which)
         cfg = self.loss.config
         out = run_per_map(
-            lambda j: fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction),
+            lambda j: fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction, cfg.backend),
             len(which), cfg.workers, "persistent homology",
         )
         return dict(zip(which, out, strict=True))
@@ -208,7 +208,7 @@ class CachedPH(LossWrapper):
         self._stats["target_misses"] += len(missing)
         self._stats["target_hits"] += len(keys) - len(missing)
         computed = run_per_map(
-            lambda j: betti_numbers(masks[missing[j]], self.loss.config.construction),
+            lambda j: betti_numbers(masks[missing[j]], self.loss.config.construction, self.loss.config.backend),
             len(missing), self.loss.config.workers, "target persistent homology",
         ) if missing else []
         found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
@@ -238,7 +238,7 @@ class CachedPH(LossWrapper):
                 self._stats["hits"] += 1
                 self._pairings.move_to_end(key)
                 if self.refresh == "async" and entry.uses == self.refresh_every:
-                    args = (f_np[i].copy(), bettis[i], dims, self.loss.config.construction)
+                    args = (f_np[i].copy(), bettis[i], dims, self.loss.config.construction, self.loss.config.backend)
                     self._pending[key] = self._submit(*args)
             else:
                 compute_now.append(i)

@@ -1,0 +1,26 @@
+"""Native exact persistent homology of 2D/3D cubical complexes (numba kernels, cripser fallback).
+
+- :func:`persistence` → :class:`Diagram`: the sublevel-filtration diagram of a map with its critical
+  pixels, by two union-find passes sharing one radix sort (dim 0 and the top dimension), or by cripser.
+- :func:`betti_numbers`: exact Betti numbers of a binary mask's foreground by labelling, in O(n).
+
+One concept per module: ``_jit`` (the numba decorator and its fallbacks), ``sort`` (the filtration
+order), ``unionfind``, ``cubical2d``/``cubical3d`` (the kernels), ``betti`` (masks), ``diagram`` (the
+type and the dispatcher).
+"""
+
+from ._jit import HAVE_NUMBA, require_numba
+from .betti import betti_numbers
+from .diagram import BACKENDS, CONSTRUCTIONS, Diagram, native_dims, persistence, resolve
+
+__all__ = [
+    "BACKENDS",
+    "CONSTRUCTIONS",
+    "HAVE_NUMBA",
+    "Diagram",
+    "betti_numbers",
+    "native_dims",
+    "persistence",
+    "require_numba",
+    "resolve",
+]
