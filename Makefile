@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: bench test install lint clean
+.PHONY: bench test install lint mutate clean
 
 # Install into .venv when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -21,8 +21,15 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Mutation testing of fastloss/wrappers/ and fastloss/presets.py with the fast tests (about an hour on 2 cores).
+mutate: $(STAMP)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(or $(MUTATE_CHILDREN),2)
+	$(VENV)/bin/mutmut results --all true > mutants/results.txt; tail -n 3 mutants/results.txt
+	@echo "per-mutant results: mutants/results.txt; inspect one with: $(VENV)/bin/mutmut show NAME"
+
 lint: $(STAMP)
 	$(PY) -m ruff check fastloss benchmarks tests examples
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache mutants

@@ -104,7 +104,7 @@ def evaluate(model: nn.Module, images: Tensor, masks: Tensor) -> dict[str, float
 def build_topology_loss(preset: str, weight: float, start_epoch: int, steps_per_epoch: int) -> nn.Module | None:
     if preset == "none":
         return None
-    loss = fastloss.preset(preset, fastloss.TopologicalLoss(workers=1))
+    loss = fastloss.preset(preset, fastloss.TopologicalLoss())  # the default loss: PH on every core
     schedule = fastloss.schedules.delayed(start_epoch, value=weight, steps_per_epoch=steps_per_epoch)
     return fastloss.ScheduledWeight(loss, schedule)
 

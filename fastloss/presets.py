@@ -187,7 +187,7 @@ class PresetLoss(LossWrapper):
         step = int(self.step)
         stack = entry(self.name, self.kind).build(base, caps)
         self.loss = stack
-        self._adopt()
+        self._root._adopt()  # the whole stack's root: this preset may itself sit inside other wrappers
         self.step.fill_(step)
         self.resolved_for = caps
         return self

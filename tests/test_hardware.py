@@ -145,6 +145,22 @@ class TestPresetResolution:
         loss(target * 0.8 + 0.1, target)
         assert int(loss.step) == 7 and loss.loss.step is loss.step
 
+    def test_a_preset_inside_other_wrappers_joins_their_stack(self):
+        """The resolved stack's wrappers are adopted by the outermost wrapper: one clock, composed phases."""
+        outer = fastloss.IntervalLoss(fastloss.preset("fastest", fastloss.TopologicalLoss()), every=2)
+        target = torch.zeros(1, 1, 16, 16)
+        target[..., 4:12, 4:12] = 1
+        values = []
+        for _ in range(8):
+            x = (target * 0.6 + 0.2).requires_grad_()
+            value = outer(x, target)
+            value.backward()
+            values.append(value.item())
+        inner = outer.loss.loss  # the preset's IntervalLoss(4)
+        assert isinstance(inner, fastloss.IntervalLoss) and inner.root is outer and inner.step is outer.step
+        assert [v != 0 for v in values] == [True] + [False] * 7  # one step in 2 x 4 = 8, gain 8
+        assert values[0] == pytest.approx(8 * fastloss.TopologicalLoss()(target * 0.6 + 0.2, target).item())
+
     def test_mismatched_checkpoint(self):
         a = fastloss.preset("balanced", fastloss.TopologicalLoss())
         b = fastloss.preset("fastest", fastloss.TopologicalLoss())
