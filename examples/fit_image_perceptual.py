@@ -72,7 +72,8 @@ def make_perceptual(kind: str, weights: str | None) -> nn.Module:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=PRESETS, default="balanced")
+    parser.add_argument("--preset", default="balanced",
+                        help="a registered perceptual preset (" + ", ".join(fastloss.list_presets("perceptual")) + ") or none")
     parser.add_argument("--loss", choices=("vgg19", "lpips"), default="vgg19")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="write the final metrics here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.preset not in (*fastloss.list_presets("perceptual"), "none"):
+        parser.error(f"--preset must be one of {[*fastloss.list_presets('perceptual'), 'none']}, got {args.preset!r}")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     torch.manual_seed(args.seed)

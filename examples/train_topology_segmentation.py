@@ -111,7 +111,8 @@ def build_topology_loss(preset: str, weight: float, start_epoch: int, steps_per_
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=PRESETS, default="balanced")
+    parser.add_argument("--preset", default="balanced",
+                        help="a registered topology preset (" + ", ".join(fastloss.list_presets("topology")) + ") or none")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="write the final metrics here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.preset not in (*fastloss.list_presets("topology"), "none"):
+        parser.error(f"--preset must be one of {[*fastloss.list_presets('topology'), 'none']}, got {args.preset!r}")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     torch.manual_seed(args.seed)

@@ -46,8 +46,20 @@ class PresetEntry:
     description: str
 
     def build(self, loss: nn.Module, caps: Capabilities) -> nn.Module:
-        params = inspect.signature(self.builder).parameters
-        return self.builder(loss, caps) if len(params) >= 2 else self.builder(loss)
+        return self.builder(loss, caps) if _takes_capabilities(self.builder) else self.builder(loss)
+
+
+def _takes_capabilities(builder: Builder) -> bool:
+    """Whether ``builder`` takes the capabilities: a second positional parameter without a default (or one
+    named ``caps``/``capabilities``); ``lambda loss, n=n: ...`` takes only the loss."""
+    try:
+        params = list(inspect.signature(builder).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.name in ("caps", "capabilities") for p in params):
+        return True
+    return len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
 
 
 _REGISTRY: dict[tuple[str, str], PresetEntry] = {}

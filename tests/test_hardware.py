@@ -174,9 +174,13 @@ class TestPresetResolution:
             preset_kind = "mine"
 
         fastloss.register_preset("probe", "mine", lambda loss, caps: seen.append(caps.device_class) or loss)
+        fastloss.register_preset("every", "mine", lambda loss, n=3: fastloss.IntervalLoss(loss, every=n))
         simulate("avx2-cpu")
         fastloss.preset("probe", Mine())(torch.rand(3), torch.rand(3))
         assert seen == ["cpu"]
+        lazy = fastloss.preset("every", Mine())  # a defaulted second parameter is not the capabilities
+        lazy(torch.rand(3), torch.rand(3))
+        assert lazy.loss.every == 3
 
 
 @pytest.fixture
