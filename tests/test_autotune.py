@@ -83,7 +83,7 @@ class TestAutotune:
         result = fastloss.autotune(Sleepy(0.02), x, y, time_budget=1.0, steps=4, rounds=3,
                                    candidates={f"c{i}": Sleepy(0.02) for i in range(6)})
         elapsed = time.perf_counter() - started
-        assert elapsed < 1.0 + 0.5  # at most one trajectory of overrun
+        assert elapsed < 1.0 + 1.0  # the budget plus at most one trajectory of overrun (sleeps: load-proof)
         assert any(c.status.startswith("not measured") for c in result.candidates)
 
     def test_emulated_dtype_is_dropped_without_running(self, simulate):
