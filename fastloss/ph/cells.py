@@ -1,0 +1,217 @@
+"""The filtration order of a map's cells, for the Betti-matching passes (:mod:`fastloss.ph.induced`).
+
+The persistence kernels (:mod:`fastloss.ph.cubical2d`) walk *pixels* in their filtration order and
+merge each with its earlier neighbours. Induced matchings need more: the comparison passes follow one
+image's union sequence while asking another image which component is the elder, and that sequence must
+be exactly the reference's (Betti-Matching-3D, Stucki et al. 2024) or a map with several merges at one
+pixel is matched differently. The reference orders *cells* (edges, squares) by (value, cell index), the
+index ordering cells by their lowest corner (C order) and then by type. This module builds that order.
+
+A *cell family* is a table of corner offsets on the padded grid of :class:`fastloss.ph.sort.Filtration`
+(``corners[t]``: the corners of a type-``t`` cell based at padded position ``q``). Its cells are ids
+``q * 16 + t`` (so the ids sort by (lowest corner, type), the reference's index order) with
+
+- ``mode = MAX``: a cell exists when all its corners are pixels, its level is its corners' highest
+  (the "V" construction; also the 8/26-adjacency edges of "T"): critical pixel = highest-ranked corner;
+- ``mode = MIN``: a cell exists when at least one corner is a pixel, its level is the lowest over those
+  (the faces between "T" pixels and the outside): critical pixel = lowest-ranked pixel corner.
+
+:func:`cell_order` sorts a family's cells by (level, id) with a counting sort on levels (two linear
+scans), or, on a map without ties, by one walk over the pixels in filtration order (each level is one
+pixel, whose cells come out in id order). Levels (:attr:`Filtration.level`) are distinct-value indices,
+so ties in value are ties in level, exactly as the reference compares values.
+
+:func:`top_keys` gives the top-dimensional cells (squares/cubes under "V", pixels under "T") the key
+``level * P + q`` (P: padded size): the dual passes' elder rule (larger key = elder, the reference's
+"larger value, then larger index") is one integer comparison. Positions that are not such a cell (a
+square with a padding corner, a padding pixel) get -1: the dual passes send them to the outside node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import njit
+
+SHIFT = 4  # cell id = q << SHIFT | type; at most 16 types (26-adjacency has 13)
+MAX = 0
+MIN = 1
+
+
+def strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides (in cells) of the grid padded by one cell on every side, C order."""
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s + 2
+    return tuple(reversed(out))
+
+
+def families(shape: tuple[int, ...], construction: str) -> dict[str, object]:
+    """The cell families of a 2D/3D map's complex, as offset tables on its padded grid.
+
+    - ``primal`` (``corners``, ``mode``): the edges of dim 0 (pairs of pixels);
+    - ``dual`` (``corners``, ``mode``, ``sides``): the codimension-1 cells of the top dimension, each
+      separating the two top cells at ``q + sides[t, 0]`` and ``q + sides[t, 1]``;
+    - ``top`` (``corners``, ``death``): the top cells; ``death`` is the rule for the critical pixel of
+      a top cell (0: its highest-ranked corner; 1: its lowest-indexed corner among the highest level,
+      the reference's rule for 3D cubes).
+    """
+    nd = len(shape)
+    st = strides(shape)
+    axes = range(nd)
+
+    def table(rows: list[list[int]]) -> np.ndarray:
+        return np.array(rows, dtype=np.int64)
+
+    if construction == "V":
+        primal = table([[0, st[a]] for a in axes])
+        if nd == 2:  # the edges again; each separates the squares on its two sides
+            dual = primal
+            sides = table([[-st[1 - a], 0] for a in axes])
+        else:  # squares perpendicular to axis a (reference type a), between the cubes along a
+            dual = table([[0, st[b], st[c], st[b] + st[c]] for a in axes for b, c in [[x for x in axes if x != a]]])
+            sides = table([[-st[a], 0] for a in axes])
+        corners = [0]
+        for a in axes:
+            corners = corners + [c + st[a] for c in corners]
+        top = table([sorted(corners)])
+        return {"primal": (primal, MAX), "dual": (dual, MAX, sides), "top": (top, 1 if nd == 3 else 0)}
+    if construction == "T":
+        # dim 0: pixels joined to every pixel sharing a vertex (8/26-adjacency), the forward half
+        offs = []
+        for d in np.ndindex(*(3,) * nd):
+            delta = np.array(d) - 1
+            off = int(sum(int(delta[a]) * st[a] for a in axes))
+            if off > 0:
+                offs.append(off)
+        primal = table([[0, o] for o in sorted(offs)])
+        # top dimension: pixels and the outside, joined through the faces they share
+        dual = table([[0, st[a]] for a in axes])
+        sides = dual.copy()
+        return {"primal": (primal, MAX), "dual": (dual, MIN, sides), "top": (table([[0]]), 0)}
+    raise ValueError(f"`construction` must be one of ['V', 'T'], got {construction!r}")
+
+
+@njit
+def pixel_levels(rank: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The level of every padded position (-1 on the padding)."""
+    out = np.empty(rank.size, np.int32)
+    for q in range(rank.size):
+        out[q] = level[rank[q]]  # level[n] = -1
+    return out
+
+
+@njit
+def _counting_order(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int) -> np.ndarray:
+    size = lv.size
+    k, m = corners.shape
+    span = 0
+    for t in range(k):
+        for j in range(m):
+            span = max(span, corners[t, j])
+    cell = np.full((size - span) * k, -1, np.int32)  # level of cell q * k + t, -1: none
+    count = np.zeros(nlev + 1, np.int32)
+    for q in range(size - span):
+        for t in range(k):
+            if mode == MAX:
+                best = lv[q + corners[t, 0]]
+                for j in range(1, m):
+                    x = lv[q + corners[t, j]]
+                    if x < 0 or best < 0:
+                        best = -1
+                        break
+                    best = max(best, x)
+            else:
+                best = -1
+                for j in range(m):
+                    x = lv[q + corners[t, j]]
+                    if x >= 0 and (best < 0 or x < best):
+                        best = x
+            if best >= 0:
+                cell[q * k + t] = best
+                count[best + 1] += 1
+    for i in range(nlev):
+        count[i + 1] += count[i]
+    out = np.empty(count[nlev], np.int64)
+    for i in range(cell.size):
+        x = cell[i]
+        if x >= 0:
+            q = i // k
+            out[count[x]] = (q << SHIFT) | (i - q * k)
+            count[x] += 1
+    return out
+
+
+@njit
+def _tie_free_order(porder: np.ndarray, rank: np.ndarray, cand_off: np.ndarray, cand_type: np.ndarray,
+                    corners: np.ndarray, mode: int, total: int) -> np.ndarray:
+    """(level, id) order on a map whose levels are its ranks: pixel by pixel, the cells it is critical for.
+
+    ``cand_off``/``cand_type``: the (base offset, type) of every cell having the pixel as a corner,
+    sorted by the id they give (base offset, then type), so each pixel's cells come out in id order.
+    """
+    n = porder.size
+    out = np.empty(total, np.int64)
+    m = 0
+    for k in range(n):
+        p = porder[k]
+        for c in range(cand_off.size):
+            q = p + cand_off[c]
+            t = cand_type[c]
+            ok = True
+            if mode == MAX:  # p is the highest corner: every other corner a pixel of lower rank
+                for j in range(corners.shape[1]):
+                    r = rank[q + corners[t, j]]
+                    if r > k:  # padding has rank n > k
+                        ok = False
+                        break
+            else:  # p is the lowest pixel corner
+                for j in range(corners.shape[1]):
+                    r = rank[q + corners[t, j]]
+                    if r < k:
+                        ok = False
+                        break
+            if ok:
+                out[m] = (q << SHIFT) | t
+                m += 1
+    return out[:m]
+
+
+def _candidates(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cands = sorted({(-int(corners[t, j]), t) for t in range(corners.shape[0]) for j in range(corners.shape[1])})
+    return np.array([c[0] for c in cands], np.int64), np.array([c[1] for c in cands], np.int64)
+
+
+def cell_order(fl, corners: np.ndarray, mode: int) -> np.ndarray:
+    """Ids (``q << SHIFT | type``) of a family's cells sorted by (level, id); ``fl`` a Filtration."""
+    n = fl.porder.size
+    if n > 0 and fl.level[n - 1] == n - 1:  # no ties: one pixel per level
+        off, typ = _candidates(corners)
+        return _tie_free_order(fl.porder, fl.rank, off, typ, corners, mode, n * off.size)
+    return _counting_order(pixel_levels(fl.rank, fl.level), int(fl.level[n - 1]) + 1, corners, mode)
+
+
+@njit
+def top_keys(rank: np.ndarray, level: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """``level * P + q`` of the top cell based at every padded position ``q`` (-1: none there); one
+    more entry at ``P`` for the outside, larger than every key."""
+    n = level.size - 1
+    size = rank.size
+    out = np.full(size + 1, -1, np.int64)
+    span = 0
+    for j in range(corners.size):
+        span = max(span, corners[j])
+    for q in range(size - span):
+        best = -1
+        for j in range(corners.size):
+            r = rank[q + corners[j]]
+            if r >= n:
+                best = -1
+                break
+            if level[r] > best:
+                best = level[r]
+        if best >= 0:
+            out[q] = best * np.int64(size) + q
+    out[size] = np.iinfo(np.int64).max
+    return out
