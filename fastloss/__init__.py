@@ -1,7 +1,7 @@
 """fastloss: make expensive training losses cheap, and measure what it costs in accuracy."""
 
 from . import functional, ph, schedules
-from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
+from .losses import BettiMatchingLoss, LPIPSLoss, PerceptualLoss, TopologicalLoss
 from .presets import list_presets, preset, register_preset
 from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper, ScheduledWeight
 
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AMPLoss",
+    "BettiMatchingLoss",
     "CachedPH",
     "DownsampledLoss",
     "IntervalLoss",
