@@ -20,10 +20,19 @@ algorithm, on the cell orders of :mod:`fastloss.ph.cells`, so they reproduce the
   per top cell. C's own pass matches its bar at a merge to the bars of P and T recorded for the younger
   root.
 
-Node numbering: dim 0 nodes are ranks (so the elder is the smaller number); dual nodes are padded
-positions of top cells plus the outside at position ``P`` (padded size). Bars are returned as ranks of
-their critical pixels (birth, death) in the image's own filtration; a bar of equal birth and death level
-is not recorded (zero persistence, as the reference).
+Clearing (as the reference): under "V" in 2D the dual's cells *are* the edges, and each edge either
+merges two dual components or two primal ones, never both nor neither (the greedy forests of a planar
+graph and of its dual, under one total order, are complements). The dual passes run first and hand the
+edges that merged nothing (``kept``) to the dim-0 passes: half the edges, every one a merge.
+
+Memory layout (what makes the passes fast: they visit cells in filtration order, i.e. all over the
+grid): union-find nodes are padded positions (pixels for dim 0; top cells, plus the outside at position
+``P`` = padded size, for the dual), so a cell's two nodes share cache lines; a root's parent slot holds
+its key instead (``-(rank + 1)`` for dim 0, ``-(level + 1)`` for the dual), and per-root attributes sit
+beside the parent slot (``stride`` entries per node). Cell levels are read from the pixel-level map
+(:func:`fastloss.ph.cells.pixel_levels`), next to the cell. Bars are returned as ranks of their critical
+pixels (birth, death) in the image's own filtration; a bar of equal birth and death level is not
+recorded (zero persistence, as the reference).
 """
 
 from __future__ import annotations
@@ -32,9 +41,52 @@ import numpy as np
 
 from ._jit import njit
 from .cells import MAX, SHIFT
-from .unionfind import find
 
 _TYPE = (1 << SHIFT) - 1
+
+
+@njit
+def _root(node: np.ndarray, x: int) -> int:
+    """Root of ``x`` in a forest with its parent at ``node[x]`` (a negative value marks a root),
+    halving the path on the way."""
+    while True:
+        p = node[x]
+        if p < 0:
+            return x
+        g = node[p]
+        if g < 0:
+            return p
+        node[x] = g
+        x = g
+
+
+@njit
+def _root3(node: np.ndarray, x: int) -> int:
+    """:func:`_root` for nodes of three entries (parent at ``node[3 * x]``, then two attributes)."""
+    while True:
+        p = node[3 * x]
+        if p < 0:
+            return x
+        g = node[3 * p]
+        if g < 0:
+            return p
+        node[3 * x] = g
+        x = g
+
+
+@njit
+def _cell_level(lv: np.ndarray, q: int, corners: np.ndarray, t: int, mode: int) -> int:
+    """Level of the type-``t`` cell at ``q``: its highest corner (MAX) or its lowest pixel corner (MIN)."""
+    best = lv[q + corners[t, 0]]
+    if mode == MAX:
+        for j in range(1, corners.shape[1]):
+            best = max(best, lv[q + corners[t, j]])
+        return best
+    for j in range(1, corners.shape[1]):
+        x = lv[q + corners[t, j]]
+        if x >= 0 and (best < 0 or x < best):
+            best = x
+    return best
 
 
 @njit
@@ -43,50 +95,40 @@ def _critical(rank: np.ndarray, n: int, q: int, corners: np.ndarray, t: int, mod
     if mode == MAX:
         best = -1
         for j in range(corners.shape[1]):
-            r = rank[q + corners[t, j]]
-            if r > best:
-                best = r
+            best = max(best, rank[q + corners[t, j]])
         return best
     best = n
     for j in range(corners.shape[1]):
-        r = rank[q + corners[t, j]]
-        if r < best:
-            best = r
+        best = min(best, rank[q + corners[t, j]])
     return best
 
 
 @njit
-def _at_level(key: int, lv: int, size: int) -> bool:
-    """Whether a top-cell key (``level * size + position``) is at level ``lv`` (no division)."""
-    low = np.int64(lv) * size
-    return low <= key < low + size
-
-
-@njit
-def _top_death(rank: np.ndarray, level: np.ndarray, u: int, corners: np.ndarray, rule: int) -> int:
+def _top_death(rank: np.ndarray, lv: np.ndarray, u: int, corners: np.ndarray, rule: int) -> int:
     """Rank of the critical pixel of the top cell at ``u`` (corners ``corners[0]``): its highest corner
     (rule 0), or its lowest-indexed corner of the highest level (rule 1, the reference's rule for cubes)."""
     best = -1
     for j in range(corners.shape[1]):
-        r = rank[u + corners[0, j]]
-        if r > best:
-            best = r
+        best = max(best, rank[u + corners[0, j]])
     if rule == 0:
         return best
-    top = level[best]
+    top = -1
+    for j in range(corners.shape[1]):
+        top = max(top, lv[u + corners[0, j]])
     for j in range(corners.shape[1]):  # corners are sorted by offset, i.e. by linear index
-        r = rank[u + corners[0, j]]
-        if level[r] == top:
-            return r
+        if lv[u + corners[0, j]] == top:
+            return rank[u + corners[0, j]]
     return best
 
 
 @njit
-def primal_bars(order: np.ndarray, corners: np.ndarray, porder: np.ndarray, rank: np.ndarray, level: np.ndarray):
-    """dim-0 bars of one image: ``(birth_ranks, death_ranks, bar_of)``, ``bar_of[r]`` the bar born at
-    rank ``r`` (-1 if none)."""
-    n = porder.size
-    parent = np.arange(n).astype(np.int32)
+def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np.ndarray, n: int):
+    """dim-0 bars of one image (``n`` pixels): ``(birth_ranks, death_ranks, bar_of)``, ``bar_of[r]`` the
+    bar born at rank ``r`` (-1 if none). Elder: the lower rank."""
+    size = rank.size
+    node = np.empty(size, np.int32)
+    for q in range(size):
+        node[q] = -rank[q] - 1
     births = np.empty(n, np.int32)
     deaths = np.empty(n, np.int32)
     bar_of = np.full(n, -1, np.int32)
@@ -95,66 +137,69 @@ def primal_bars(order: np.ndarray, corners: np.ndarray, porder: np.ndarray, rank
         e = order[i]
         q = e >> SHIFT
         t = e & _TYPE
-        a = rank[q + corners[t, 0]]
-        b = rank[q + corners[t, 1]]
-        ra = find(parent, a)
-        rb = find(parent, b)
+        a = q + corners[t, 0]
+        b = q + corners[t, 1]
+        ra = _root(node, a)
+        rb = _root(node, b)
         if ra == rb:
             continue
-        if ra < rb:
+        ka = -node[ra] - 1
+        kb = -node[rb] - 1
+        if ka < kb:
             young = rb
-            parent[rb] = ra
+            k_young = kb
+            node[rb] = ra
         else:
             young = ra
-            parent[ra] = rb
-        top = max(a, b)
-        if level[young] != level[top]:
-            births[m] = young
-            deaths[m] = top
-            bar_of[young] = m
+            k_young = ka
+            node[ra] = rb
+        if lv[young] != max(lv[a], lv[b]):
+            births[m] = k_young
+            deaths[m] = max(rank[a], rank[b])
+            bar_of[k_young] = m
             m += 1
     return births[:m].copy(), deaths[:m].copy(), bar_of
 
 
 @njit
-def primal_match(order: np.ndarray, corners: np.ndarray, porder: np.ndarray, rank: np.ndarray, level: np.ndarray,
+def primal_match(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np.ndarray,
                  rank_p: np.ndarray, rank_t: np.ndarray, bar_p: np.ndarray, bar_t: np.ndarray):
-    """dim-0 matches ``(bars of P, bars of T)`` through the comparison image (its order, ranks, levels)."""
-    n = porder.size
-    parent = np.arange(n).astype(np.int32)
-    oldest_p = np.empty(n, np.int32)  # per C-root: the lowest P-rank in its component
-    oldest_t = np.empty(n, np.int32)
-    for k in range(n):
-        q = porder[k]
-        oldest_p[k] = rank_p[q]
-        oldest_t[k] = rank_t[q]
-    mp = np.empty(n, np.int32)
-    mt = np.empty(n, np.int32)
+    """dim-0 matches ``(bars of P, bars of T)``: C's pass (its order, ranks, pixel levels), carrying per
+    component its lowest P-rank and lowest T-rank beside the parent slot."""
+    size = rank.size
+    node = np.empty(3 * size, np.int32)
+    for q in range(size):
+        node[3 * q] = -rank[q] - 1
+        node[3 * q + 1] = rank_p[q]
+        node[3 * q + 2] = rank_t[q]
+    cap = min(bar_p.size, bar_t.size)
+    mp = np.empty(cap, np.int32)
+    mt = np.empty(cap, np.int32)
     m = 0
     for i in range(order.size):
         e = order[i]
         q = e >> SHIFT
         t = e & _TYPE
-        a = rank[q + corners[t, 0]]
-        b = rank[q + corners[t, 1]]
-        ra = find(parent, a)
-        rb = find(parent, b)
+        a = q + corners[t, 0]
+        b = q + corners[t, 1]
+        ra = _root3(node, a)
+        rb = _root3(node, b)
         if ra == rb:
             continue
-        if ra < rb:
+        if node[3 * ra] > node[3 * rb]:  # -(rank + 1): the larger slot holds the lower rank
             young = rb
             elder = ra
         else:
             young = ra
             elder = rb
-        parent[young] = elder
-        pa = oldest_p[ra]
-        pb = oldest_p[rb]
-        ta = oldest_t[ra]
-        tb = oldest_t[rb]
-        oldest_p[elder] = min(pa, pb)
-        oldest_t[elder] = min(ta, tb)
-        if level[young] != level[max(a, b)]:
+        node[3 * young] = elder
+        pa = node[3 * ra + 1]
+        pb = node[3 * rb + 1]
+        ta = node[3 * ra + 2]
+        tb = node[3 * rb + 2]
+        node[3 * elder + 1] = min(pa, pb)
+        node[3 * elder + 2] = min(ta, tb)
+        if lv[young] != max(lv[a], lv[b]):
             i_p = bar_p[max(pa, pb)]
             i_t = bar_t[max(ta, tb)]
             if i_p >= 0 and i_t >= 0:
@@ -165,93 +210,119 @@ def primal_match(order: np.ndarray, corners: np.ndarray, porder: np.ndarray, ran
 
 
 @njit
-def dual_bars(order: np.ndarray, corners: np.ndarray, mode: int, sides: np.ndarray, key: np.ndarray,
-              key_c: np.ndarray, rank: np.ndarray, level: np.ndarray, top: np.ndarray, rule: int):
-    """Top-dimensional bars of one image: ``(birth_ranks, death_ranks, bar_at)``; ``bar_at[u]`` is the
-    bar whose component was, at its death, the younger one in C's order, as C's top cell ``u`` (-1:
-    none). ``key``/``key_c``: :func:`fastloss.ph.cells.top_keys` of this image and of C."""
-    size = key.size - 1  # the outside's node
-    n = level.size - 1
-    parent = np.arange(size + 1).astype(np.int32)
-    oldest_c = np.arange(size + 1).astype(np.int32)  # per root: its top cell with the largest C key
-    births = np.empty(n, np.int32)
-    deaths = np.empty(n, np.int32)
-    bar_at = np.full(size + 1, -1, np.int32)
-    m = 0
-    for i in range(order.size - 1, -1, -1):
-        e = order[i]
-        q = e >> SHIFT
-        t = e & _TYPE
-        u = q + sides[t, 0]
-        v = q + sides[t, 1]
-        if key[u] < 0:
-            u = size
-        if key[v] < 0:
-            v = size
-        ru = find(parent, u)
-        rv = find(parent, v)
-        if ru == rv:
-            continue
-        if key[ru] > key[rv]:
-            young = rv
-            elder = ru
-        else:
-            young = ru
-            elder = rv
-        parent[young] = elder
-        cu = oldest_c[ru]
-        cv = oldest_c[rv]
-        if key_c[cu] > key_c[cv]:
-            c_young = cv
-            oldest_c[elder] = cu
-        else:
-            c_young = cu
-            oldest_c[elder] = cv
-        birth = _critical(rank, n, q, corners, t, mode)
-        if not _at_level(key[young], level[birth], size):
-            births[m] = birth
-            deaths[m] = _top_death(rank, level, young, top, rule)
-            bar_at[c_young] = m
-            m += 1
-    return births[:m].copy(), deaths[:m].copy(), bar_at
+def _dual_forest(top: np.ndarray, top_c: np.ndarray, stride: int) -> np.ndarray:
+    """Dual nodes (top cells by padded position, the outside last), ``stride`` entries each: a top cell
+    starts as a root holding ``-(level + 1)``, a position that is no top cell points to the outside; with
+    ``stride`` 3, a root's oldest top cell in C's order and its C level follow (itself at first)."""
+    size = top.size - 1
+    node = np.empty(stride * (size + 1), np.int32)
+    for u in range(size + 1):
+        lv = top[u]
+        node[stride * u] = -(lv + 1) if lv >= 0 else size
+        if stride == 3:
+            node[3 * u + 1] = u
+            node[3 * u + 2] = top_c[u]
+    return node
 
 
 @njit
-def dual_match(order: np.ndarray, corners: np.ndarray, mode: int, sides: np.ndarray, key: np.ndarray,
-               rank: np.ndarray, level: np.ndarray, bar_p: np.ndarray, bar_t: np.ndarray):
-    """Top-dimensional matches ``(bars of P, bars of T)``: C's dual pass, matching at each of its bars the
-    bars of P and T recorded (:func:`dual_bars`) for its younger component."""
-    size = key.size - 1
-    n = level.size - 1
-    parent = np.arange(size + 1).astype(np.int32)
-    mp = np.empty(n, np.int32)
-    mt = np.empty(n, np.int32)
+def dual_bars(order: np.ndarray, corners: np.ndarray, mode: int, sides: np.ndarray, top: np.ndarray,
+              top_c: np.ndarray, rank: np.ndarray, lv: np.ndarray, n: int, cell: np.ndarray, rule: int,
+              keep: bool):
+    """Top-dimensional bars of one image: ``(birth_ranks, death_ranks, bar_at, kept)``; ``bar_at[u]`` is
+    the bar whose component was, at its death, the younger one in C's order, as C's top cell ``u`` (-1:
+    none). ``top``/``top_c``: :func:`fastloss.ph.cells.top_levels` of this image and of C; ``cell``:
+    the top cells' corners (for the death pixel, by ``rule``). Elder: higher (level, position).
+    ``keep``: also return the cells that merged nothing, in ``order``'s order (see :func:`cleared`)."""
+    size = top.size - 1  # the outside's node
+    node = _dual_forest(top, top_c, 3)
+    births = np.empty(n, np.int32)
+    deaths = np.empty(n, np.int32)
+    bar_at = np.full(size + 1, -1, np.int32)
+    kept = np.empty(order.size if keep else 0, order.dtype)
+    w = kept.size
     m = 0
     for i in range(order.size - 1, -1, -1):
         e = order[i]
         q = e >> SHIFT
         t = e & _TYPE
-        u = q + sides[t, 0]
-        v = q + sides[t, 1]
-        if key[u] < 0:
-            u = size
-        if key[v] < 0:
-            v = size
-        ru = find(parent, u)
-        rv = find(parent, v)
+        ru = _root3(node, q + sides[t, 0])
+        rv = _root3(node, q + sides[t, 1])
         if ru == rv:
+            if keep:
+                w -= 1
+                kept[w] = e
             continue
-        if key[ru] > key[rv]:
+        lu = -node[3 * ru] - 1
+        lw = -node[3 * rv] - 1
+        if lu > lw or (lu == lw and ru > rv):
             young = rv
-            parent[rv] = ru
+            elder = ru
+            young_level = lw
         else:
             young = ru
-            parent[ru] = rv
-        if not _at_level(key[young], level[_critical(rank, n, q, corners, t, mode)], size):
+            elder = rv
+            young_level = lu
+        node[3 * young] = elder
+        cu = node[3 * ru + 1]
+        cv = node[3 * rv + 1]
+        lcu = node[3 * ru + 2]
+        lcv = node[3 * rv + 2]
+        if lcu > lcv or (lcu == lcv and cu > cv):
+            c_young = cv
+            node[3 * elder + 1] = cu
+            node[3 * elder + 2] = lcu
+        else:
+            c_young = cu
+            node[3 * elder + 1] = cv
+            node[3 * elder + 2] = lcv
+        if young_level != _cell_level(lv, q, corners, t, mode):
+            births[m] = _critical(rank, n, q, corners, t, mode)
+            deaths[m] = _top_death(rank, lv, young, cell, rule)
+            bar_at[c_young] = m
+            m += 1
+    return births[:m].copy(), deaths[:m].copy(), bar_at, kept[w:].copy()
+
+
+@njit
+def dual_match(order: np.ndarray, corners: np.ndarray, mode: int, sides: np.ndarray, top: np.ndarray,
+               lv: np.ndarray, bar_p: np.ndarray, bar_t: np.ndarray, keep: bool):
+    """Top-dimensional matches ``(bars of P, bars of T, kept)``: C's dual pass (its order, top levels,
+    pixel levels), matching at each of its bars the bars of P and T recorded (:func:`dual_bars`) for its
+    younger component; ``kept`` as :func:`dual_bars`."""
+    node = _dual_forest(top, top, 1)
+    cap = lv.size
+    mp = np.empty(cap, np.int32)
+    mt = np.empty(cap, np.int32)
+    kept = np.empty(order.size if keep else 0, order.dtype)
+    w = kept.size
+    m = 0
+    for i in range(order.size - 1, -1, -1):
+        e = order[i]
+        q = e >> SHIFT
+        t = e & _TYPE
+        ru = _root(node, q + sides[t, 0])
+        rv = _root(node, q + sides[t, 1])
+        if ru == rv:
+            if keep:
+                w -= 1
+                kept[w] = e
+            continue
+        lu = -node[ru] - 1
+        lw = -node[rv] - 1
+        if lu > lw or (lu == lw and ru > rv):
+            young = rv
+            node[rv] = ru
+            young_level = lw
+        else:
+            young = ru
+            node[ru] = rv
+            young_level = lu
+        if young_level != _cell_level(lv, q, corners, t, mode):
             i_p = bar_p[young]
             i_t = bar_t[young]
             if i_p >= 0 and i_t >= 0:
                 mp[m] = i_p
                 mt[m] = i_t
                 m += 1
-    return mp[:m].copy(), mt[:m].copy()
+    return mp[:m].copy(), mt[:m].copy(), kept[w:].copy()

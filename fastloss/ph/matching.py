@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._jit import require_numba
-from .cells import MAX, cell_order, families, top_keys
+from .cells import MAX, cell_order, families, pixel_levels, top_levels
 from .induced import dual_bars, dual_match, primal_bars, primal_match
 from .sort import Filtration, filtration
 
@@ -108,19 +108,20 @@ def _as_map(f: np.ndarray) -> np.ndarray:
 class _Image:
     """One map's filtration, cell orders and dual keys (the pieces the passes read)."""
 
-    __slots__ = ("dual_order", "fl", "key", "primal_order")
+    __slots__ = ("dual_order", "fl", "lv", "primal_order", "top")
 
     def __init__(self, f: np.ndarray, fam: dict, dims: tuple[int, ...], top: int) -> None:
         self.fl: Filtration = filtration(f)
+        self.lv = lv = pixel_levels(self.fl.rank, self.fl.level)
         primal, pmode = fam["primal"]
         dual, dmode, _ = fam["dual"]
-        self.primal_order = cell_order(self.fl, primal, pmode) if 0 in dims else None
+        self.primal_order = cell_order(self.fl, primal, pmode, lv) if 0 in dims else None
         if top in dims:
             same = dual is primal and dmode == pmode and self.primal_order is not None
-            self.dual_order = self.primal_order if same else cell_order(self.fl, dual, dmode)
-            self.key = top_keys(self.fl.rank, self.fl.level, fam["top"][0][0])
+            self.dual_order = self.primal_order if same else cell_order(self.fl, dual, dmode, lv)
+            self.top = top_levels(lv, fam["top"][0][0])
         else:
-            self.dual_order = self.key = None
+            self.dual_order = self.top = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def target_side(f_target: np.ndarray, construction: str = "V", dims=None) -> Tar
     image = _Image(f, fam, dims, f.ndim - 1)
     primal = None
     if 0 in dims:
-        primal = primal_bars(image.primal_order, fam["primal"][0], image.fl.porder, image.fl.rank, image.fl.level)
+        primal = primal_bars(image.primal_order, fam["primal"][0], image.fl.rank, image.lv, image.fl.porder.size)
     return TargetSide(tuple(f.shape), construction, dims, f, image, primal)
 
 
@@ -167,7 +168,7 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
     if f.shape != side.shape:
         raise ValueError(f"prediction and target must have the same shape, got {f.shape} and {side.shape}")
     fam = families(side.shape, side.construction)
-    dims, top = side.dims, f.ndim - 1
+    dims, top, n = side.dims, f.ndim - 1, f.size
     ft = side.f
     if f.dtype != ft.dtype:  # compare in the wider type (exact: float32 values are float64 values)
         f, ft = f.astype(np.float64), ft.astype(np.float64)
@@ -183,21 +184,28 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
         offsets[which] += len(births)
         return start
 
+    clear = 0 in dims and top in dims and fam["dual"][0] is fam["primal"][0]  # 2D "V": see induced
+    p_rest = c_rest = None
+    if top in dims:
+        corners, mode, sides = fam["dual"]
+        tc, rule = fam["top"]
+        pb, pd, p_at, p_rest = dual_bars(p.dual_order, corners, mode, sides, p.top, c.top, p.fl.rank, p.lv, n,
+                                         tc, rule, clear)
+        tb, td, t_at, _ = dual_bars(t.dual_order, corners, mode, sides, t.top, c.top, t.fl.rank, t.lv, n,
+                                    tc, rule, False)
+        mp, mt, c_rest = dual_match(c.dual_order, corners, mode, sides, c.top, c.lv, p_at, t_at, clear)
+        dual = (pb, pd, tb, td, mp, mt)
     if 0 in dims:
         corners = fam["primal"][0]
-        pb, pd, p_of = primal_bars(p.primal_order, corners, p.fl.porder, p.fl.rank, p.fl.level)
+        pb, pd, p_of = primal_bars(p_rest if clear else p.primal_order, corners, p.fl.rank, p.lv, n)
         tb, td, t_of = side.primal
-        mp, mt = primal_match(c.primal_order, corners, c.fl.porder, c.fl.rank, c.fl.level,
-                              p.fl.rank, t.fl.rank, p_of, t_of)
+        mp, mt = primal_match(c_rest if clear else c.primal_order, corners, c.fl.rank, c.lv, p.fl.rank,
+                              t.fl.rank, p_of, t_of)
         op, ot = add("pred", p.fl, 0, pb, pd), add("target", t.fl, 0, tb, td)
         matched_p.append(mp.astype(np.int64) + op)
         matched_t.append(mt.astype(np.int64) + ot)
     if top in dims:
-        corners, mode, sides = fam["dual"]
-        tc, rule = fam["top"]
-        pb, pd, p_at = dual_bars(p.dual_order, corners, mode, sides, p.key, c.key, p.fl.rank, p.fl.level, tc, rule)
-        tb, td, t_at = dual_bars(t.dual_order, corners, mode, sides, t.key, c.key, t.fl.rank, t.fl.level, tc, rule)
-        mp, mt = dual_match(c.dual_order, corners, mode, sides, c.key, c.fl.rank, c.fl.level, p_at, t_at)
+        pb, pd, tb, td, mp, mt = dual
         op, ot = add("pred", p.fl, top, pb, pd), add("target", t.fl, top, tb, td)
         matched_p.append(mp.astype(np.int64) + op)
         matched_t.append(mt.astype(np.int64) + ot)
