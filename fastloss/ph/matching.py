@@ -135,6 +135,15 @@ class TargetSide:
     image: _Image
     primal: tuple | None  # dim-0 (birth_ranks, death_ranks, bar_of)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the side's arrays (about 38 bytes a pixel for a 2D "V" map)."""
+        im = self.image
+        arrays = [self.f, im.fl.porder, im.fl.rank, im.fl.level, im.lv, im.primal_order, im.top, *(self.primal or ())]
+        if im.dual_order is not im.primal_order:
+            arrays.append(im.dual_order)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
 
 def target_side(f_target: np.ndarray, construction: str = "V", dims=None) -> TargetSide:
     """Precompute the target's part of :func:`betti_matching` (reusable for every prediction)."""
