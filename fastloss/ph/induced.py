@@ -23,7 +23,9 @@ algorithm, on the cell orders of :mod:`fastloss.ph.cells`, so they reproduce the
 Clearing (as the reference): under "V" in 2D the dual's cells *are* the edges, and each edge either
 merges two dual components or two primal ones, never both nor neither (the greedy forests of a planar
 graph and of its dual, under one total order, are complements). The dual passes run first and hand the
-edges that merged nothing (``kept``) to the dim-0 passes: half the edges, every one a merge.
+edges that merged nothing (``kept``) to the dim-0 passes: half the edges, every one a merge. The
+target goes the other way (its dim-0 pass is part of the cached target side, and keeps the edges for
+its dual pass, which depends on the prediction and runs every call).
 
 Memory layout (what makes the passes fast: they visit cells in filtration order, i.e. all over the
 grid): union-find nodes are padded positions (pixels for dim 0; top cells, plus the outside at position
@@ -122,9 +124,10 @@ def _top_death(rank: np.ndarray, lv: np.ndarray, u: int, corners: np.ndarray, ru
 
 
 @njit
-def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np.ndarray, n: int):
-    """dim-0 bars of one image (``n`` pixels): ``(birth_ranks, death_ranks, bar_of)``, ``bar_of[r]`` the
-    bar born at rank ``r`` (-1 if none). Elder: the lower rank."""
+def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np.ndarray, n: int, keep: bool):
+    """dim-0 bars of one image (``n`` pixels): ``(birth_ranks, death_ranks, bar_of, kept)``, ``bar_of[r]``
+    the bar born at rank ``r`` (-1 if none). Elder: the lower rank. ``keep``: also return the edges that
+    merged nothing, in ``order``'s order (the dual's merges, see the clearing above)."""
     size = rank.size
     node = np.empty(size, np.int32)
     for q in range(size):
@@ -132,6 +135,8 @@ def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np
     births = np.empty(n, np.int32)
     deaths = np.empty(n, np.int32)
     bar_of = np.full(n, -1, np.int32)
+    kept = np.empty(order.size if keep else 0, order.dtype)
+    w = 0
     m = 0
     for i in range(order.size):
         e = order[i]
@@ -142,6 +147,9 @@ def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np
         ra = _root(node, a)
         rb = _root(node, b)
         if ra == rb:
+            if keep:
+                kept[w] = e
+                w += 1
             continue
         ka = -node[ra] - 1
         kb = -node[rb] - 1
@@ -158,7 +166,7 @@ def primal_bars(order: np.ndarray, corners: np.ndarray, rank: np.ndarray, lv: np
             deaths[m] = max(rank[a], rank[b])
             bar_of[k_young] = m
             m += 1
-    return births[:m].copy(), deaths[:m].copy(), bar_of
+    return births[:m].copy(), deaths[:m].copy(), bar_of, kept[:w].copy()
 
 
 @njit

@@ -134,14 +134,13 @@ class TargetSide:
     f: np.ndarray  # the target map (float32/float64), C is min(prediction, f)
     image: _Image
     primal: tuple | None  # dim-0 (birth_ranks, death_ranks, bar_of)
+    dual_order: np.ndarray | None  # the cells of its dual pass (cleared: only the dual's merges, 2D "V")
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the side's arrays (about 38 bytes a pixel for a 2D "V" map)."""
+        """Memory held by the side's arrays (about 33 bytes a pixel for a 2D "V" map)."""
         im = self.image
-        arrays = [self.f, im.fl.porder, im.fl.rank, im.fl.level, im.lv, im.primal_order, im.top, *(self.primal or ())]
-        if im.dual_order is not im.primal_order:
-            arrays.append(im.dual_order)
+        arrays = [self.f, im.fl.porder, im.fl.rank, im.fl.level, im.lv, im.top, self.dual_order, *(self.primal or ())]
         return int(sum(a.nbytes for a in arrays if a is not None))
 
 
@@ -154,10 +153,20 @@ def target_side(f_target: np.ndarray, construction: str = "V", dims=None) -> Tar
     dims = check_dims(f.ndim, dims)
     fam = families(f.shape, construction)
     image = _Image(f, fam, dims, f.ndim - 1)
-    primal = None
+    primal, dual_order = None, image.dual_order
     if 0 in dims:
-        primal = primal_bars(image.primal_order, fam["primal"][0], image.fl.rank, image.lv, image.fl.porder.size)
-    return TargetSide(tuple(f.shape), construction, dims, f, image, primal)
+        clear = _clearing(fam, dims, f.ndim - 1)
+        *primal, kept = primal_bars(image.primal_order, fam["primal"][0], image.fl.rank, image.lv,
+                                    image.fl.porder.size, clear)
+        if clear:
+            dual_order = kept
+    image.primal_order = image.dual_order = None  # held by the side only as needed
+    return TargetSide(tuple(f.shape), construction, dims, f, image, tuple(primal) if primal else None, dual_order)
+
+
+def _clearing(fam: dict, dims: tuple[int, ...], top: int) -> bool:
+    """Whether one family's cells serve both passes (2D "V"), so that each pass clears the other's."""
+    return 0 in dims and top in dims and fam["dual"][0] is fam["primal"][0]
 
 
 def _linear(fl: Filtration, ranks: np.ndarray) -> np.ndarray:
@@ -193,20 +202,20 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
         offsets[which] += len(births)
         return start
 
-    clear = 0 in dims and top in dims and fam["dual"][0] is fam["primal"][0]  # 2D "V": see induced
+    clear = _clearing(fam, dims, top)  # 2D "V": see induced
     p_rest = c_rest = None
     if top in dims:
         corners, mode, sides = fam["dual"]
         tc, rule = fam["top"]
         pb, pd, p_at, p_rest = dual_bars(p.dual_order, corners, mode, sides, p.top, c.top, p.fl.rank, p.lv, n,
                                          tc, rule, clear)
-        tb, td, t_at, _ = dual_bars(t.dual_order, corners, mode, sides, t.top, c.top, t.fl.rank, t.lv, n,
+        tb, td, t_at, _ = dual_bars(side.dual_order, corners, mode, sides, t.top, c.top, t.fl.rank, t.lv, n,
                                     tc, rule, False)
         mp, mt, c_rest = dual_match(c.dual_order, corners, mode, sides, c.top, c.lv, p_at, t_at, clear)
         dual = (pb, pd, tb, td, mp, mt)
     if 0 in dims:
         corners = fam["primal"][0]
-        pb, pd, p_of = primal_bars(p_rest if clear else p.primal_order, corners, p.fl.rank, p.lv, n)
+        pb, pd, p_of, _ = primal_bars(p_rest if clear else p.primal_order, corners, p.fl.rank, p.lv, n, False)
         tb, td, t_of = side.primal
         mp, mt = primal_match(c_rest if clear else c.primal_order, corners, c.fl.rank, c.lv, p.fl.rank,
                               t.fl.rank, p_of, t_of)
