@@ -191,7 +191,9 @@ def betti_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES),
+                        default=[k for k in LOSSES if k != "topolosses-betti"],
+                        help="default: all but topolosses-betti (the reference, dev extra only)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)

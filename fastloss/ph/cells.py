@@ -113,7 +113,7 @@ def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int):
         for j in range(m):
             span = max(span, corners[t, j])
     cell = np.full((size - span) * k, -1, np.int32)
-    start = np.zeros(nlev + 1, np.int32)
+    start = np.zeros(nlev + 1, np.int64)
     for q in range(size - span):
         for t in range(k):
             if mode == MAX:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._jit import require_numba
-from .cells import MAX, cell_order, families, pixel_levels, top_levels
+from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels, top_levels
 from .induced import dual_bars, dual_match, primal_bars, primal_match
 from .sort import Filtration, filtration
 
@@ -100,6 +100,8 @@ def _as_map(f: np.ndarray) -> np.ndarray:
         raise ValueError(f"Betti matching computes 2D and 3D maps, got {f.ndim}D")
     if f.size == 0:
         raise ValueError(f"cannot match an empty map of shape {f.shape}")
+    if np.prod([d + 2 for d in f.shape]) >= OUTSIDE:  # the passes' int32 nodes hold positions and levels
+        raise ValueError(f"Betti matching supports maps of fewer than 2**30 padded pixels, got shape {f.shape}")
     if f.dtype in (np.float16, np.float32):
         return np.ascontiguousarray(f, dtype=np.float32)
     return np.ascontiguousarray(f, dtype=np.float64)
