@@ -295,31 +295,30 @@ def slow_matching(p: np.ndarray, t: np.ndarray, construction: str):
         return pos[lv[pos] == lv[pos].max()][0]
 
     result = {}
-    if True:  # dim 0
-        bars, match_map = {}, {}
-        for name in ("p", "t"):
-            uf, bars[name], match_map[name] = UF(rank_key(name)), [], {}
-            for level, e, crit in im[name]["primal"]:
-                q, k = e >> cells.SHIFT, e & 15
-                a, b = uf.find(q + prim[k, 0]), uf.find(q + prim[k, 1])
-                if a != b:
-                    young = uf.link(a, b)
-                    if im[name]["lv"][young] != level:
-                        match_map[name][young] = len(bars[name])
-                        bars[name].append((young, crit))
-        ufc, uf0, uf1, matched = UF(rank_key("c")), UF(rank_key("p")), UF(rank_key("t")), []
-        for level, e, _ in im["c"]["primal"]:
+    bars, match_map = {}, {}  # dim 0
+    for name in ("p", "t"):
+        uf, bars[name], match_map[name] = UF(rank_key(name)), [], {}
+        for level, e, crit in im[name]["primal"]:
             q, k = e >> cells.SHIFT, e & 15
-            ends = (q + prim[k, 0], q + prim[k, 1])
-            a, b = ufc.find(ends[0]), ufc.find(ends[1])
+            a, b = uf.find(q + prim[k, 0]), uf.find(q + prim[k, 1])
             if a != b:
-                young = ufc.link(a, b)
-                y0 = uf0.link(uf0.find(ends[0]), uf0.find(ends[1]))
-                y1 = uf1.link(uf1.find(ends[0]), uf1.find(ends[1]))
-                if im["c"]["lv"][young] != level and y0 in match_map["p"] and y1 in match_map["t"]:
-                    matched.append((match_map["p"][y0], match_map["t"][y1]))
-        result[0] = (bars, matched)
-    bars, match_map = {}, {}
+                young = uf.link(a, b)
+                if im[name]["lv"][young] != level:
+                    match_map[name][young] = len(bars[name])
+                    bars[name].append((young, crit))
+    ufc, uf0, uf1, matched = UF(rank_key("c")), UF(rank_key("p")), UF(rank_key("t")), []
+    for level, e, _ in im["c"]["primal"]:
+        q, k = e >> cells.SHIFT, e & 15
+        ends = (q + prim[k, 0], q + prim[k, 1])
+        a, b = ufc.find(ends[0]), ufc.find(ends[1])
+        if a != b:
+            young = ufc.link(a, b)
+            y0 = uf0.link(uf0.find(ends[0]), uf0.find(ends[1]))
+            y1 = uf1.link(uf1.find(ends[0]), uf1.find(ends[1]))
+            if im["c"]["lv"][young] != level and y0 in match_map["p"] and y1 in match_map["t"]:
+                matched.append((match_map["p"][y0], match_map["t"][y1]))
+    result[0] = (bars, matched)
+    bars, match_map = {}, {}  # the top dimension
     for name in ("p", "t"):
         uf, ufc, bars[name], match_map[name] = UF(top_key(name)), UF(top_key("c")), [], {}
         for level, e, crit in reversed(im[name]["dual"]):
