@@ -131,6 +131,18 @@ def _floats(name: str, value: object, length: int | None = None) -> tuple[float,
     return tuple(out)
 
 
+def _check_values(name: str, x: Tensor, what: str | None) -> None:
+    """:func:`check_finite`, then :func:`check_range` to [0, 1] unless ``what`` is None, with their
+    messages, in one pass over ``x`` when it passes (one ``aminmax``; NaN and inf show in it)."""
+    if x.dtype == torch.bool:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        check_finite(name, x)
+    if what is not None and (lo < 0.0 or hi > 1.0):
+        check_range(name, x, 0.0, 1.0, what)
+
+
 @dataclass(frozen=True)
 class BettiMatchingConfig:
     """Validated settings of a Betti-matching loss, shared by the function, the module and CachedPH."""
@@ -186,16 +198,12 @@ class BettiMatchingConfig:
         """Validate a call; returns ``input`` and ``target``."""
         input = check_tensor("input", input)
         check_ndim("input", input, (4, 5), "B, C, H, W or B, C, D, H, W")
-        check_finite("input", input)
-        if not self.from_logits:
-            check_range("input", input, 0.0, 1.0, "probabilities")
+        _check_values("input", input, None if self.from_logits else "probabilities")
         if target is None:
             raise ValueError("`target` is required: a binary mask or a map in [0, 1] of the input's shape")
         target = check_tensor("target", target, floating=False)
         check_pair(input, target)
-        if target.is_floating_point():
-            check_finite("target", target)
-        check_range("target", target, 0.0, 1.0, "values (a binary mask or a map in [0, 1])")
+        _check_values("target", target, "values (a binary mask or a map in [0, 1])")
         self.dims_for(input.ndim - 2)
         return input, target
 

@@ -103,9 +103,10 @@ def pixel_levels(rank: np.ndarray, level: np.ndarray) -> np.ndarray:
 
 
 @njit
-def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int):
+def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int, top_corners: np.ndarray, with_top: bool):
     """The level of every cell ``q * k + t`` (-1: none) and, per level, where its cells start in the
-    sorted order (exclusive prefix sums of the counts; entry ``nlev`` is the number of cells)."""
+    sorted order (exclusive prefix sums of the counts; entry ``nlev`` is the number of cells); with
+    ``with_top``, also :func:`top_levels` (same scan: the corners are the ones just read)."""
     size = lv.size
     k, m = corners.shape
     span = 0
@@ -114,7 +115,13 @@ def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int):
             span = max(span, corners[t, j])
     cell = np.full((size - span) * k, -1, np.int32)
     start = np.zeros(nlev + 1, np.int64)
+    top = np.full(size + 1 if with_top else 0, -1, np.int32)
+    top_span = 0
+    for j in range(top_corners.size):
+        top_span = max(top_span, top_corners[j])
     for q in range(size - span):
+        if with_top and q < size - top_span:
+            top[q] = _top_level(lv, q, top_corners)
         for t in range(k):
             if mode == MAX:
                 best = lv[q + corners[t, 0]]
@@ -133,9 +140,13 @@ def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int):
             if best >= 0:
                 cell[q * k + t] = best
                 start[best + 1] += 1
+    if with_top:
+        for q in range(max(0, size - span), size - top_span):
+            top[q] = _top_level(lv, q, top_corners)
+        top[size] = OUTSIDE
     for i in range(nlev):
         start[i + 1] += start[i]
-    return cell, start
+    return cell, start, top
 
 
 @njit
@@ -149,18 +160,33 @@ def _scatter(cell: np.ndarray, start: np.ndarray, k: int, out: np.ndarray) -> No
             start[x] += 1
 
 
-def cell_order(fl, corners: np.ndarray, mode: int, lv: np.ndarray | None = None) -> np.ndarray:
+def cell_order(fl, corners: np.ndarray, mode: int, lv: np.ndarray | None = None,
+               top_corners: np.ndarray | None = None):
     """Ids (``q << SHIFT | type``) of a family's cells sorted by (level, id); ``fl`` a Filtration,
-    ``lv`` its :func:`pixel_levels` (computed when not given)."""
+    ``lv`` its :func:`pixel_levels` (computed when not given). With ``top_corners``, returns
+    ``(order, top_levels(lv, top_corners))``, computed in the same scan."""
     n = fl.porder.size
     lv = pixel_levels(fl.rank, fl.level) if lv is None else lv
     nlev = int(fl.level[n - 1]) + 1
-    cell, start = _cell_levels(lv, nlev, corners, mode)
+    with_top = top_corners is not None
+    tc = top_corners if with_top else np.zeros(1, np.int64)
+    cell, start, top = _cell_levels(lv, nlev, corners, mode, tc, with_top)
     # int32 ids while they fit: every pass reads the order once, this halves that traffic
     dtype = np.int32 if (lv.size << SHIFT) < np.iinfo(np.int32).max else np.int64
     out = np.empty(int(start[nlev]), dtype)
     _scatter(cell, start, corners.shape[0], out)
-    return out
+    return (out, top) if with_top else out
+
+
+@njit
+def _top_level(lv: np.ndarray, q: int, corners: np.ndarray) -> int:
+    best = lv[q + corners[0]]
+    for j in range(1, corners.size):
+        x = lv[q + corners[j]]
+        if x < 0 or best < 0:
+            return -1
+        best = max(best, x)
+    return best
 
 
 @njit

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._jit import require_numba
-from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels, top_levels
+from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels
 from .induced import dual_bars, dual_match, primal_bars, primal_match
 from .sort import Filtration, filtration
 
@@ -117,13 +117,13 @@ class _Image:
         self.lv = lv = pixel_levels(self.fl.rank, self.fl.level)
         primal, pmode = fam["primal"]
         dual, dmode, _ = fam["dual"]
-        self.primal_order = cell_order(self.fl, primal, pmode, lv) if 0 in dims else None
-        if top in dims:
-            same = dual is primal and dmode == pmode and self.primal_order is not None
-            self.dual_order = self.primal_order if same else cell_order(self.fl, dual, dmode, lv)
-            self.top = top_levels(lv, fam["top"][0][0])
-        else:
-            self.dual_order = self.top = None
+        self.primal_order = self.dual_order = self.top = None
+        top_corners = fam["top"][0][0]
+        if top in dims:  # the top cells' levels come out of the same scan as the dual cells' order
+            self.dual_order, self.top = cell_order(self.fl, dual, dmode, lv, top_corners)
+        if 0 in dims:
+            same = dual is primal and dmode == pmode and self.dual_order is not None
+            self.primal_order = self.dual_order if same else cell_order(self.fl, primal, pmode, lv)
 
 
 @dataclass(frozen=True)
