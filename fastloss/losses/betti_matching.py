@@ -224,10 +224,8 @@ def target_side(cfg: BettiMatchingConfig, g: np.ndarray, dims: tuple[int, ...]) 
     return bm.target_side(g, cfg.construction, dims)
 
 
-def fresh_match(f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...] | None = None,
-                threads: int = 1) -> MatchSelection:
-    """The exact Betti matching of one prediction map against a target side (``dims``: the side's;
-    ``threads``: part of the selection hook's signature, one thread per map here)."""
+def fresh_match(f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...] | None = None) -> MatchSelection:
+    """The exact Betti matching of one prediction map against a target side (``dims``: the side's)."""
     return match_selection(bm.betti_matching(f, side))
 
 
@@ -415,9 +413,9 @@ class BettiMatchingLoss(nn.Module):
         """The exact target-only part of one map (its filtration, cell orders and barcode)."""
         return target_side(self.config, g, dims)
 
-    def select(self, f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...], threads: int = 1) -> MatchSelection:
+    def select(self, f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...]) -> MatchSelection:
         """One map's exact matching against a cached target side."""
-        return fresh_match(f, side, dims, threads)
+        return fresh_match(f, side, dims)
 
     def extra_repr(self) -> str:
         c = self.config
