@@ -8,13 +8,24 @@ Perceptual backbones use random weights (``weights=None``): the cost is the same
 diagram alone, the target's Betti numbers, and a whole loss call with a fresh target, interleaved
 round by round so that both sides see the same machine load; it reports medians, IQRs and the
 per-round speedup's median and IQR.
+
+``--betti`` compares BettiMatchingLoss with topolosses' BettiMatchingLoss (the reference, dev extra) the
+same way: a whole loss call (forward + backward) on a ``--batch`` of the topology workload per size,
+interleaved, then the first-call compile time of the matching kernels in fresh processes (empty numba
+cache, then the cache it wrote). The table rows ``betti`` and ``topolosses-betti`` time the same calls
+one loss after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -27,8 +38,21 @@ from fastloss.losses import topological as topo
 
 from .suite import WEIGHTS_NOTE
 
+
+def topolosses_betti():
+    """topolosses' BettiMatchingLoss as the reference: the Betti-matching term alone, every channel."""
+    try:
+        from topolosses.losses import BettiMatchingLoss
+    except ImportError as exc:
+        raise SystemExit("topolosses-betti needs topolosses (the dev extra): pip install topolosses") from exc
+    warnings.filterwarnings("ignore", module="topolosses")
+    return BettiMatchingLoss(use_base_loss=False, alpha=1.0, include_background=True)
+
+
 LOSSES = {
     "topology": lambda: fastloss.TopologicalLoss(workers=1),
+    "betti": lambda: fastloss.BettiMatchingLoss(workers=1),
+    "topolosses-betti": topolosses_betti,
     "topology[cripser]": lambda: fastloss.TopologicalLoss(workers=1, backend="cripser"),
     "vgg19": lambda: fastloss.PerceptualLoss("vgg19", weights=None),
     "vgg16": lambda: fastloss.PerceptualLoss("vgg16", weights=None),
@@ -38,7 +62,7 @@ LOSSES = {
 
 
 def inputs(key: str, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if key.startswith("topology"):
+    if key.startswith("topology") or "betti" in key:
         wl = workloads.topology_workload(size=size, batch=batch, samples=batch, epochs=1)
     else:
         wl = workloads.perceptual_workload(size=size, batch=batch, samples=batch, epochs=1)
@@ -116,9 +140,60 @@ def ph_main(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPILE_SNIPPET = """
+import time, torch
+t0 = time.perf_counter()
+import fastloss
+t1 = time.perf_counter()
+t = torch.zeros(1, 1, 32, 32); t[..., 8:24, 8:24] = 1; t[..., 12:20, 12:20] = 0
+x = torch.rand(1, 1, 32, 32).requires_grad_()
+fastloss.BettiMatchingLoss(workers=1)(x, t).backward()
+t2 = time.perf_counter()
+fastloss.BettiMatchingLoss(workers=1)(x, t).backward()
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
+
+
+def compile_times() -> list[tuple[str, float, float]]:
+    """(cache state, first call s, second call s) in fresh processes: empty numba cache, then warm."""
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for state in ("cold (empty numba cache)", "warm (cache on disk)"):
+            run = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET], env=env, capture_output=True, text=True,
+                                 check=True)
+            _, first, second = (float(v) for v in run.stdout.split())
+            out.append((state, first, second))
+    return out
+
+
+def betti_main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; torch threads={args.threads}; batch={args.batch}, construction V, "
+          f"{args.rounds} interleaved rounds; forward + backward of the whole loss")
+    print("| map | fastloss ms (IQR) | topolosses ms (IQR) | speedup median [IQR] |\n|---|---|---|---|")
+    ours, ref = LOSSES["betti"](), topolosses_betti()
+    q = lambda v: f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"  # noqa: E731
+    for size in args.sizes:
+        x, t = inputs("betti", size, args.batch)
+        times = interleaved({"ours": lambda x=x, t=t: training_step(ours, x, t),
+                             "ref": lambda x=x, t=t: training_step(ref, x, t)}, args.rounds)
+        a, b = times["ours"] * 1e3, times["ref"] * 1e3
+        ratio = b / a
+        print(f"| {size}x{size} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
+              f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+    print("\n| numba cache | first call s (import excluded) | second call s |\n|---|---|---|")
+    for state, first, second in compile_times():
+        print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES),
+                        default=[k for k in LOSSES if k != "topolosses-betti"],
+                        help="default: all but topolosses-betti (the reference, dev extra only)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -126,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=2.0)
     parser.add_argument("--ph", action="store_true", help="native PH engine vs cripser, per map (see above)")
     parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --ph")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --ph and --betti")
+    parser.add_argument("--betti", action="store_true",
+                        help="BettiMatchingLoss vs topolosses' (interleaved), and kernel compile time (see above)")
     args = parser.parse_args(argv)
     if args.ph:
         return ph_main(args)
+    if args.betti:
+        return betti_main(args)
     device = torch.device(args.device)
     print(f"note: {WEIGHTS_NOTE}; device={args.device}; torch threads={args.threads}; batch={args.batch}")
     print("| loss | size | median ms | IQR ms | runs |\n|---|---|---|---|---|")

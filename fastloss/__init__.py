@@ -2,7 +2,7 @@
 
 from . import functional, hardware, ph, schedules
 from .autotune import AutotuneResult, autotune
-from .losses import LPIPSLoss, PerceptualLoss, TopologicalLoss
+from .losses import BettiMatchingLoss, LPIPSLoss, PerceptualLoss, TopologicalLoss
 from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
 from .wrappers import (
     AMPLoss,
@@ -19,6 +19,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AMPLoss",
     "AutotuneResult",
+    "BettiMatchingLoss",
     "CachedPH",
     "CachedTarget",
     "DownsampledLoss",

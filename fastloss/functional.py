@@ -4,6 +4,7 @@ The image losses (:class:`~fastloss.PerceptualLoss`, :class:`~fastloss.LPIPSLoss
 backbone and are modules only.
 """
 
+from .losses.betti_matching import betti_matching_loss
 from .losses.topological import topological_loss
 
-__all__ = ["topological_loss"]
+__all__ = ["betti_matching_loss", "topological_loss"]

@@ -477,7 +477,7 @@ class TestCachedPH:
 
     @pytest.mark.parametrize("make, error, message", [
         (lambda: CachedPH(fastloss.PerceptualLoss("vgg16", weights=None)), TypeError,
-         "`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), got PerceptualLoss"),
+         "`loss` must be a fastloss.TopologicalLoss or fastloss.BettiMatchingLoss (CachedPH caches persistent homology), got PerceptualLoss"),
         (lambda: CachedPH(fastloss.TopologicalLoss(betti=(1, 1))), ValueError, "CachedPH needs target masks"),
         (lambda: CachedPH(fastloss.TopologicalLoss(), refresh_every=0), ValueError, "`refresh_every` must be >= 1"),
         (lambda: CachedPH(fastloss.TopologicalLoss(), refresh="later"), ValueError, "`refresh` must be one of ['sync', 'async']"),

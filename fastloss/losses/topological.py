@@ -1,4 +1,7 @@
-r"""Persistent-homology topology loss (Betti-number matching) on cubical complexes.
+r"""Persistent-homology topology loss (Betti-number matching, by rank) on cubical complexes.
+
+Not to be confused with *Betti matching* (Stucki et al. 2023), which matches bars by location through a
+comparison image: :class:`fastloss.BettiMatchingLoss`.
 
 For each (b, c) map the prediction ``p`` is turned into the sublevel filtration :math:`f = 1 - p`
 (foreground appears first). Persistent homology of ``f`` is computed on the CPU on a detached copy, by
@@ -306,7 +309,7 @@ def _topological_loss(cfg: TopologyConfig, input: object, target: object, select
     input, target = cfg.check(input, target)
     f = cfg.filtration(input)
     dims = cfg.dims_for(f.ndim - 1)
-    masks = None if target is None else _to_numpy(target.reshape(f.shape))
+    masks = None if target is None else _to_numpy(target.reshape(f.shape)).astype(np.uint8)  # binary (checked)
     selections = select(cfg, _to_numpy(f), masks, dims)
     per_map = selection_loss(f, selections).reshape(input.shape[:2])
     return reduce_loss(per_map, cfg.reduction)
@@ -340,9 +343,12 @@ def topological_loss(
 
 
 class TopologicalLoss(nn.Module):
-    r"""Persistent-homology (Betti-matching) topology loss for 2D and 3D segmentation.
+    r"""Persistent-homology topology loss by Betti-number (rank) matching, for 2D and 3D segmentation.
 
-    See the module docstring for the formulation.
+    Each dimension's bars are ranked by persistence and the target's Betti number of them is kept, the
+    rest removed: only *how many* features there are is compared, not where they are (any loop of the
+    prediction may stand in for the target's). :class:`fastloss.BettiMatchingLoss` matches bars by
+    location instead (Betti matching, Stucki et al.). See the module docstring for the formulation.
 
     Args:
         dims: homology dimensions to match; default all (``0..ndim-1``: components, loops, voids).
@@ -398,12 +404,27 @@ class TopologicalLoss(nn.Module):
             _as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti), backend
         )
 
+    Selection = BarSelection
+
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         return _topological_loss(self.config, input, target)
 
     def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
         """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
         return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
+
+    # --- the hooks CachedPH caches through (see fastloss.wrappers.cached_ph) ---------------------
+    def compute_with(self, input: Tensor, target: Tensor | None, select: Selector) -> Tensor:
+        """The loss with ``select`` as its selection step."""
+        return _topological_loss(self.config, input, target, select)
+
+    def target_side(self, mask: np.ndarray, dims: Sequence[int]) -> tuple[int, ...]:
+        """The exact target-only part of one map: its Betti numbers."""
+        return betti_numbers(mask, self.config.construction, self.config.backend)
+
+    def select(self, f: np.ndarray, side: Sequence[int], dims: Sequence[int]) -> BarSelection:
+        """One map's exact bar selection against the target's Betti numbers."""
+        return fresh_selection(f, side, dims, self.config.construction, self.config.backend)
 
     def extra_repr(self) -> str:
         c = self.config

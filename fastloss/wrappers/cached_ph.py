@@ -3,7 +3,9 @@
 Two caches, both LRU and bounded by ``max_entries``, keyed by a content hash of the target map (the
 same sample comes back every epoch, with the same mask):
 
-- **exact part**: the target's Betti numbers. Masks do not change, so this never changes the loss.
+- **exact part**: the target's side: its Betti numbers (:class:`~fastloss.TopologicalLoss`), or its
+  filtration, cell orders and barcode (:class:`~fastloss.BettiMatchingLoss`). Targets do not change, so
+  this never changes the loss. Large sides are also bounded in bytes (``max_target_bytes``).
 - **approximate part**: the prediction's pairing (which pixels are births/deaths, and which bars are
   kept or removed). It is reused for the next ``refresh_every - 1`` visits of that map; the loss is
   then evaluated by gathering the *current* prediction at the cached pixels, which is cheap. The
@@ -25,6 +27,13 @@ continues bitwise like an uninterrupted one; a pending async refresh is complete
 configuration (``refresh_every``, ``max_entries``, ``refresh``) is saved too, but the constructor's wins
 on load (with a ``UserWarning`` when they differ): a checkpoint never turns an exact CachedPH approximate.
 :meth:`CachedPH.clear` drops pending refreshes, so nothing computed before it is served after it.
+BettiMatchingLoss's target sides (arrays the size of the map) are not saved: they are exact and rebuilt
+on the next visit.
+
+The loss provides the pieces through four hooks, so CachedPH holds no loss-specific code:
+``compute_with(input, target, select)`` (the loss around a selection step), ``target_side(mask, dims)``
+(exact, target only), ``select(f, side, dims)`` (one map's fresh pairing) and ``Selection`` (its
+dataclass of index arrays).
 """
 
 from __future__ import annotations
@@ -34,28 +43,21 @@ import warnings
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_positive_int
-from ..losses.topological import (
-    BarSelection,
-    TopologicalLoss,
-    TopologyConfig,
-    _topological_loss,
-    betti_numbers,
-    fresh_selection,
-    run_per_map,
-)
+from ..losses.betti_matching import BettiMatchingLoss
+from ..losses.topological import BarSelection, TopologicalLoss, TopologyConfig, run_per_map
 from .base import LossWrapper
 
 __all__ = ["CachedPH"]
 
 REFRESH_MODES = ("sync", "async")
-_FIELDS = ("keep_birth", "keep_death", "drop_birth", "drop_death")
+PH_LOSSES = (TopologicalLoss, BettiMatchingLoss)
 
 
 @dataclass
@@ -69,20 +71,22 @@ def _shutdown(executor: ThreadPoolExecutor) -> None:
 
 
 class CachedPH(LossWrapper):
-    r"""Cache a :class:`~fastloss.TopologicalLoss`'s persistent homology across visits of a sample.
+    r"""Cache a topology loss's persistent homology across visits of a sample.
 
     See the module docstring for what is cached and when the result is exact.
 
     Args:
-        loss: a :class:`fastloss.TopologicalLoss` (any other loss is a ``TypeError``).
+        loss: a :class:`fastloss.TopologicalLoss` or :class:`fastloss.BettiMatchingLoss` (any other
+            loss is a ``TypeError``).
         refresh_every: recompute a map's pairing on one visit in ``refresh_every`` (1 = exact).
-        max_entries: bound of each cache (LRU eviction beyond it).
+        max_entries: bound of each cache (LRU eviction beyond it; the target cache is also bounded by
+            the class attribute ``max_target_bytes``, 1 GiB, for sides that report ``nbytes``).
         refresh: ``"sync"`` (recompute in the call) or ``"async"`` (recompute in a background thread,
             used at the next visit).
 
     Counters (:meth:`cache_info`): ``hits`` (pairing reused), ``misses`` (first visit of a map),
     ``refreshes`` (pairing recomputed), ``exact`` (eval-mode computations), ``target_hits`` /
-    ``target_misses`` (Betti numbers), ``evictions``, ``entries``.
+    ``target_misses`` (target sides), ``evictions``, ``entries``.
 
     Example:
         >>> from fastloss import TopologicalLoss
@@ -95,19 +99,23 @@ class CachedPH(LossWrapper):
         (2, 4, 4)
     """
 
+    #: bound of the target cache in bytes, counting the sides that report ``nbytes``
+    #: (BettiMatchingLoss's: about 33 bytes a pixel, 8.5 MiB at 512x512); Betti numbers count as 0
+    max_target_bytes = 1 << 30
+
     def __init__(
         self,
-        loss: TopologicalLoss,
+        loss: TopologicalLoss | BettiMatchingLoss,
         refresh_every: int = 5,
         max_entries: int = 4096,
         refresh: str = "sync",
     ) -> None:
-        if not isinstance(loss, TopologicalLoss):
+        if not isinstance(loss, PH_LOSSES):
             raise TypeError(
-                f"`loss` must be a fastloss.TopologicalLoss (CachedPH caches persistent homology), "
-                f"got {type(loss).__name__}"
+                f"`loss` must be a fastloss.TopologicalLoss or fastloss.BettiMatchingLoss (CachedPH caches "
+                f"persistent homology), got {type(loss).__name__}"
             )
-        if loss.config.betti is not None:
+        if getattr(loss.config, "betti", None) is not None:
             raise ValueError("CachedPH needs target masks to recognise samples; a `betti` prior has none")
         check_positive_int("refresh_every", refresh_every)
         check_positive_int("max_entries", max_entries)
@@ -128,7 +136,8 @@ class CachedPH(LossWrapper):
         for future in getattr(self, "_pending", {}).values():
             future.cancel()  # a refresh already running finishes in the background; its result is dropped
         self._pending = {}
-        self._betti: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._betti: OrderedDict[str, object] = OrderedDict()  # target sides
+        self._target_bytes = 0
         self._pairings: OrderedDict[str, _Pairing] = OrderedDict()
         self._stats = dict.fromkeys(
             ("hits", "misses", "refreshes", "exact", "target_hits", "target_misses", "evictions"), 0
@@ -138,10 +147,16 @@ class CachedPH(LossWrapper):
         return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._betti)}
 
     def _put(self, cache: OrderedDict, key: str, value: object) -> None:
+        if cache is self._betti:
+            self._target_bytes += getattr(value, "nbytes", 0) - getattr(cache.get(key), "nbytes", 0)
         cache[key] = value
         cache.move_to_end(key)
-        while len(cache) > self.max_entries:
-            old, _ = cache.popitem(last=False)
+        while len(cache) > self.max_entries or (
+            cache is self._betti and len(cache) > 1 and self._target_bytes > self.max_target_bytes
+        ):
+            old, gone = cache.popitem(last=False)
+            if cache is self._betti:
+                self._target_bytes -= getattr(gone, "nbytes", 0)
             self._stats["evictions"] += 1
             if cache is self._pairings and old in self._pending:
                 self._pending.pop(old).cancel()
@@ -157,7 +172,7 @@ class CachedPH(LossWrapper):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastloss-cachedph")
             self._finalizer = weakref.finalize(self, _shutdown, self._executor)
-        return self._executor.submit(fresh_selection, *args)
+        return self._executor.submit(self.loss.select, *args)
 
     def wait(self) -> None:
         """Finish pending background refreshes (their results are kept for the next visit)."""
@@ -172,13 +187,13 @@ class CachedPH(LossWrapper):
 
     # --- the loss -----------------------------------------------------------------------------
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
-        return _topological_loss(self.loss.config, input, target, self._selections)
+        return self.loss.compute_with(input, target, self._selections)
 
     def _selections(self, cfg: TopologyConfig, f_np: np.ndarray, masks: np.ndarray, dims) -> list[BarSelection]:
-        """The selection step of the loss, served from the caches."""
-        masks = masks.astype(np.uint8)
+        """The selection step of the loss, served from the caches (``masks``: the targets as the loss
+        hands them to its selection step)."""
         keys = [self._key(m) for m in masks]
-        bettis = self._target_betti(keys, masks)
+        bettis = self._target_betti(keys, masks, dims)
         if not self.counting:  # validation: exact pairing, caches untouched
             self._stats["exact"] += len(keys)
             fresh = self._compute(f_np, bettis, dims, range(len(keys)))
@@ -188,14 +203,13 @@ class CachedPH(LossWrapper):
     def _compute(self, f_np, bettis, dims, which) -> dict[int, BarSelection]:
         """Fresh pairings for maps ``which``, computed in the loss's thread pool."""
         which = list(which)
-        cfg = self.loss.config
         out = run_per_map(
-            lambda j: fresh_selection(f_np[which[j]], bettis[which[j]], dims, cfg.construction, cfg.backend),
-            len(which), cfg.workers, "persistent homology",
+            lambda j: self.loss.select(f_np[which[j]], bettis[which[j]], dims),
+            len(which), self.loss.config.workers, "persistent homology",
         )
         return dict(zip(which, out, strict=True))
 
-    def _target_betti(self, keys: list[str], masks: np.ndarray) -> list[tuple[int, ...]]:
+    def _target_betti(self, keys: list[str], masks: np.ndarray, dims) -> list[object]:
         # Read every hit before inserting anything: a batch larger than the cache's free room would
         # otherwise evict a hit before it is read.
         result: list[tuple[int, ...] | None] = []
@@ -208,7 +222,7 @@ class CachedPH(LossWrapper):
         self._stats["target_misses"] += len(missing)
         self._stats["target_hits"] += len(keys) - len(missing)
         computed = run_per_map(
-            lambda j: betti_numbers(masks[missing[j]], self.loss.config.construction, self.loss.config.backend),
+            lambda j: self.loss.target_side(masks[missing[j]], dims),
             len(missing), self.loss.config.workers, "target persistent homology",
         ) if missing else []
         found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
@@ -238,7 +252,7 @@ class CachedPH(LossWrapper):
                 self._stats["hits"] += 1
                 self._pairings.move_to_end(key)
                 if self.refresh == "async" and entry.uses == self.refresh_every:
-                    args = (f_np[i].copy(), bettis[i], dims, self.loss.config.construction, self.loss.config.backend)
+                    args = (f_np[i].copy(), bettis[i], dims)
                     self._pending[key] = self._submit(*args)
             else:
                 compute_now.append(i)
@@ -255,13 +269,13 @@ class CachedPH(LossWrapper):
         pending = {k: f.result() for k, f in self._pending.items()}
 
         def pack(sel: BarSelection) -> list[Tensor]:
-            return [torch.from_numpy(getattr(sel, name).copy()) for name in _FIELDS]
+            return [torch.from_numpy(getattr(sel, f.name).copy()) for f in fields(sel)]
 
         return {
             "refresh_every": self.refresh_every,
             "max_entries": self.max_entries,
             "refresh": self.refresh,
-            "betti": [(k, list(v)) for k, v in self._betti.items()],
+            "betti": [(k, list(v)) for k, v in self._betti.items() if isinstance(v, tuple)],  # see module doc
             "pairings": [(k, pack(p.selection), p.uses) for k, p in self._pairings.items()],
             "pending": [(k, pack(s)) for k, s in pending.items()],
             "stats": dict(self._stats),
@@ -281,9 +295,10 @@ class CachedPH(LossWrapper):
             )
 
         def unpack(tensors: list[Tensor]) -> BarSelection:
-            return BarSelection(*(t.numpy().astype(np.int64) for t in tensors))
+            return self.loss.Selection(*(t.numpy().astype(np.int64) for t in tensors))
 
         self._betti = OrderedDict((k, tuple(v)) for k, v in state["betti"])
+        self._target_bytes = 0
         self._pairings = OrderedDict((k, _Pairing(unpack(t), uses)) for k, t, uses in state["pairings"])
         for key, tensors in state["pending"]:
             done: Future = Future()
