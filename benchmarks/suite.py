@@ -2,7 +2,8 @@
 
 References: each loss is measured against its default-constructed self (what a user gets from
 ``fastloss.TopologicalLoss()``); the topology loss is also reported against the seed project's
-baseline (cripser on one worker), so both speedups are visible.
+baseline (cripser on one worker), and Betti matching against topolosses' C++ implementation (where the
+dev extra installed it), so both speedups are visible.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastloss.bench import workloads
 
 WEIGHTS_NOTE = "perceptual backbones use weights=None (random init): no pretrained weights can be downloaded here"
 SEED_BASELINE = "seed: cripser, 1 worker"
+REFERENCE_BETTI = "topolosses (C++ reference)"
 
 
 @dataclass
@@ -42,7 +44,7 @@ def _warmup(steps: int) -> schedules.Schedule:
 
 def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
     """Each wrapper alone, then each preset (descriptions in the presets registry)."""
-    topology = isinstance(loss, fastloss.TopologicalLoss)
+    topology = getattr(loss, "preset_kind", None) == "topology"
     out = {
         "DownsampledLoss(2)": DownsampledLoss(loss, factor=2),
         "IntervalLoss(4)": IntervalLoss(loss, every=4),
@@ -59,10 +61,24 @@ def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
 
 
 def _seed_topology() -> nn.Module:
+    return fastloss.TopologicalLoss(workers=1, backend="cripser")
+
+
+def _topolosses_betti() -> dict[str, nn.Module]:
+    """The C++ reference of Betti matching (topolosses, dev extra) as a baseline, where it is installed."""
     try:
-        return fastloss.TopologicalLoss(workers=1, backend="cripser")
-    except TypeError:  # before the native engine
-        return fastloss.TopologicalLoss(workers=1)
+        from benchmarks.latency import topolosses_betti
+
+        return {REFERENCE_BETTI: topolosses_betti()}
+    except (ImportError, SystemExit):
+        return {}
+
+
+def _betti_workloads(full: bool) -> list[workloads.Workload]:
+    wl = [workloads.topology_workload(size=256, batch=4, samples=8, epochs=3)]
+    if full:
+        wl.append(workloads.topology_workload(size=512, batch=4, samples=8, epochs=3))
+    return wl
 
 
 def _topology_workloads(full: bool) -> list[workloads.Workload]:
@@ -85,6 +101,7 @@ def _perceptual_workloads(full: bool) -> list[workloads.Workload]:
 CASES = {
     "topology": Case("TopologicalLoss", lambda: fastloss.TopologicalLoss(), _topology_workloads,
                      lambda: {SEED_BASELINE: _seed_topology()}),
+    "betti": Case("BettiMatchingLoss", lambda: fastloss.BettiMatchingLoss(), _betti_workloads, _topolosses_betti),
     "vgg19": Case("PerceptualLoss(vgg19)", lambda: fastloss.PerceptualLoss("vgg19", weights=None), _perceptual_workloads),
     "resnet18": Case("PerceptualLoss(resnet18)", lambda: fastloss.PerceptualLoss("resnet18", weights=None),
                      _perceptual_workloads),

@@ -92,7 +92,7 @@ DEFAULT_LAYERS = {"vgg19": ("relu1_2", "relu2_2"), "resnet18": ("layer1",)}
 
 def make_perceptual(kind: str, weights: str | None, layers: tuple[str, ...] | None = None) -> nn.Module:
     if kind == "lpips":
-        return fastloss.LPIPSLoss(backbone_weights=weights)
+        return fastloss.LPIPSLoss(weights=weights)
     return fastloss.PerceptualLoss(kind, layers=layers or DEFAULT_LAYERS[kind], weights=weights)
 
 

@@ -101,10 +101,14 @@ def evaluate(model: nn.Module, images: Tensor, masks: Tensor) -> dict[str, float
     return {"dice": dice, "betti_error": betti_err, "skeleton_recall": recall}
 
 
-def build_topology_loss(preset: str, weight: float, start_epoch: int, steps_per_epoch: int) -> nn.Module | None:
+MATCHINGS = {"rank": fastloss.TopologicalLoss, "betti": fastloss.BettiMatchingLoss}
+
+
+def build_topology_loss(preset: str, weight: float, start_epoch: int, steps_per_epoch: int,
+                        matching: str = "rank") -> nn.Module | None:
     if preset == "none":
         return None
-    loss = fastloss.preset(preset, fastloss.TopologicalLoss())  # the default loss: PH on every core
+    loss = fastloss.preset(preset, MATCHINGS[matching]())  # the default loss: PH on every core
     schedule = fastloss.schedules.delayed(start_epoch, value=weight, steps_per_epoch=steps_per_epoch)
     return fastloss.ScheduledWeight(loss, schedule)
 
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--train", type=int, default=32, help="training images")
     parser.add_argument("--val", type=int, default=12, help="validation images")
+    parser.add_argument("--matching", choices=list(MATCHINGS), default="rank",
+                        help="rank: TopologicalLoss (Betti-number matching); betti: BettiMatchingLoss")
     parser.add_argument("--topo-weight", type=float, default=0.05)
     parser.add_argument("--topo-start-epoch", type=int, default=3, help="ScheduledWeight delayed start")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = -(-args.train // args.batch)
     model = UNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    topo = build_topology_loss(args.preset, args.topo_weight, args.topo_start_epoch, steps_per_epoch)
+    topo = build_topology_loss(args.preset, args.topo_weight, args.topo_start_epoch, steps_per_epoch, args.matching)
     timer, g = StageTimer(torch.device("cpu")), torch.Generator().manual_seed(args.seed)
     say(f"preset={args.preset} epochs={args.epochs} size={args.size} batch={args.batch} steps/epoch={steps_per_epoch}")
     say("epoch | forward ms | base loss ms | topology ms | backward ms | step ms | train loss")
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"{epoch:5d} | {ms['forward']:10.1f} | {ms['base loss']:12.1f} | {ms.get('topology', 0.0):11.1f} | "
             f"{ms['backward']:11.1f} | {sum(ms.values()):7.1f} | {running / timer.steps:.4f}")
     total = time.perf_counter() - started
-    result = {"preset": args.preset, "seed": args.seed, **evaluate(model, val_x, val_y),
+    result = {"preset": args.preset, "seed": args.seed, "matching": args.matching, **evaluate(model, val_x, val_y),
               "total_s": total, "loss_s": topo_total, "loss_share": topo_total / total}
     say(f"validation: Dice {result['dice']:.4f}, Betti error {result['betti_error']:.3f}, "
         f"skeleton recall {result['skeleton_recall']:.4f}; total {total:.1f} s "

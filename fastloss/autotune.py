@@ -133,12 +133,13 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
         out["AMPLoss"] = lambda: AMPLoss(copy.deepcopy(loss))
     if topology:
         cfg = loss.config
-        if cfg.betti is None:
+        prior = getattr(cfg, "betti", None) is not None  # a topological prior has no masks to cache by
+        if not prior:
             out["CachedPH(5)"] = lambda: CachedPH(copy.deepcopy(loss), refresh_every=5)
         # knobs that only change speed (the values are exact either way), unless the user set them
         if cfg.workers is None:
             out["workers=1"] = lambda: _with_config(loss, workers=1)
-            if cfg.betti is None:
+            if not prior:
                 out["balanced, workers=1"] = lambda: CachedPH(_with_config(loss, workers=1), refresh_every=1)
         backend = getattr(cfg, "backend", None)
         if backend == "auto":

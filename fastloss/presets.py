@@ -275,7 +275,10 @@ def _topology_balanced(loss: nn.Module) -> nn.Module:
 
 
 def _topology_fastest(loss: nn.Module) -> nn.Module:
-    return IntervalLoss(_topology_balanced(loss), every=4)
+    # The fastest stack that meets the end-to-end goal (validation Dice within 2% of exact and no worse
+    # Betti error, 3 seeds, `python -m benchmarks.e2e`): with the native engine none of IntervalLoss(2, 3,
+    # 4), compensated or not, did (README), so fastest adds no approximation to balanced.
+    return _topology_balanced(loss)
 
 
 def perceptual_fast_path(loss: nn.Module, caps: Capabilities) -> nn.Module:
@@ -318,7 +321,8 @@ def _perceptual_fastest(loss: nn.Module, caps: Capabilities) -> nn.Module:
 #   loss >= 0.9 over the degradation ladder (and, for topology, the end-to-end goal).
 register_preset("exact", "topology", lambda loss: loss, "no wrapper: the reference loss")
 register_preset("balanced", "topology", _topology_balanced, "CachedPH(refresh_every=1): exact, target side cached")
-register_preset("fastest", "topology", _topology_fastest, "IntervalLoss(4) o balanced")
+register_preset("fastest", "topology", _topology_fastest,
+                "= balanced: no IntervalLoss period met the end-to-end goal (README)")
 register_preset("exact", "perceptual", lambda loss: loss, "no wrapper: the reference loss")
 register_preset(
     "balanced", "perceptual", _perceptual_balanced,

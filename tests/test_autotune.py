@@ -113,6 +113,13 @@ class TestAutotune:
         interval = next(c for c in result.candidates if c.name == "IntervalLoss(4)")
         assert interval.accumulated_cosine is not None  # judged on what it adds up to, too
 
+    def test_betti_matching(self):
+        target = torch.cat([ring(24, 3 + i, 2) for i in range(2)])
+        result = fastloss.autotune(fastloss.BettiMatchingLoss(), soft_prediction(target, noise=0.5), target,
+                                   time_budget=60, steps=4, rounds=1, drop_factor=100.0)
+        names = {c.name for c in result.candidates}
+        assert {"preset:balanced", "workers=1", "CachedPH(5)"} <= names and "backend=cripser" not in names
+
     def test_preset_auto(self):
         x, y = data()
 

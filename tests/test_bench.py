@@ -165,3 +165,12 @@ def test_suite_cli_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "weights=None" in out and "| preset:balanced |" in out
     assert (tmp_path / "results.json").exists() and list(tmp_path.glob("*.png"))
+
+
+def test_suite_betti_against_the_cpp_reference(tmp_path, capsys):
+    pytest.importorskip("topolosses", reason="the C++ reference baseline comes with the dev extra")
+    from benchmarks.__main__ import main
+
+    assert main(["--losses", "betti", "--rounds", "1", "--steps", "2", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "speedup vs topolosses (C++ reference)" in out and "| topolosses (C++ reference) (baseline) |" in out

@@ -37,6 +37,11 @@ def test_topology_example_runs(topology_example, preset, tmp_path):
     assert (result["loss_s"] > 0) == (preset != "none")
 
 
+def test_topology_example_with_betti_matching(topology_example):
+    result = topology_example.main(["--preset", "balanced", "--matching", "betti", *TINY_TOPOLOGY])
+    assert result["matching"] == "betti" and result["loss_s"] > 0 and 0 <= result["dice"] <= 1
+
+
 def test_topology_balanced_trains_exactly_like_exact(topology_example):
     a = topology_example.main(["--preset", "exact", *TINY_TOPOLOGY])
     b = topology_example.main(["--preset", "balanced", *TINY_TOPOLOGY])

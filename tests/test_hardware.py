@@ -145,9 +145,11 @@ class TestPresetResolution:
         loss(target * 0.8 + 0.1, target)
         assert int(loss.step) == 7 and loss.loss.step is loss.step
 
-    def test_a_preset_inside_other_wrappers_joins_their_stack(self):
+    def test_a_preset_inside_other_wrappers_joins_their_stack(self, registry):
         """The resolved stack's wrappers are adopted by the outermost wrapper: one clock, composed phases."""
-        outer = fastloss.IntervalLoss(fastloss.preset("fastest", fastloss.TopologicalLoss()), every=2)
+        fastloss.register_preset("lazy4", "topology",
+                                 lambda loss: fastloss.IntervalLoss(fastloss.CachedPH(loss, refresh_every=1), every=4))
+        outer = fastloss.IntervalLoss(fastloss.preset("lazy4", fastloss.TopologicalLoss()), every=2)
         target = torch.zeros(1, 1, 16, 16)
         target[..., 4:12, 4:12] = 1
         values = []
