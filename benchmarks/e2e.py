@@ -96,6 +96,24 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def register_interval_candidates(every: int) -> list[str]:
+    """Register ``interval{N}`` and ``interval{N}-uncompensated`` (IntervalLoss around each kind's
+    ``balanced`` stack) for this process; their names."""
+    import fastloss
+    from fastloss.presets import entry
+
+    names = []
+    for compensate, name in ((True, f"interval{every}"), (False, f"interval{every}-uncompensated")):
+        for kind in ("topology", "perceptual"):
+            balanced = entry("balanced", kind)
+            fastloss.register_preset(
+                name, kind, lambda loss, caps, b=balanced, c=compensate: fastloss.IntervalLoss(b.build(loss, caps), every,
+                                                                                              compensate=c),
+                f"IntervalLoss({every}, compensate={compensate}) o balanced", overwrite=True)
+        names.append(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
@@ -105,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology-args", default="", help="extra arguments for the topology example")
     parser.add_argument("--perceptual-args", default="", help="extra arguments for the perceptual example")
     parser.add_argument("--restoration-args", default="", help="extra arguments for the restoration example")
+    parser.add_argument("--intervals", nargs="*", type=int, default=[],
+                        help="also run IntervalLoss(N) o balanced (compensated and not) for these N: how the "
+                             "topology `fastest` preset is chosen")
     args = parser.parse_args(argv)
+    presets = list(args.presets)
+    for n in args.intervals:
+        presets += register_interval_candidates(n)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     summaries, all_runs = {}, {}
@@ -113,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         module = load_example(TASKS[task][0])
         extra = getattr(args, f"{task}_args").split()
         runs = []
-        for preset in args.presets:
+        for preset in presets:
             for seed in range(args.seeds):
                 print(f"{task}: preset={preset} seed={seed}", file=sys.stderr, flush=True)
                 runs.append(module.main(["--preset", preset, "--seed", str(seed), "--quiet", *extra]))

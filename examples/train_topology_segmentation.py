@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--train", type=int, default=32, help="training images")
-    parser.add_argument("--val", type=int, default=12, help="validation images")
+    parser.add_argument("--val", type=int, default=48, help="validation images")
     parser.add_argument("--matching", choices=list(MATCHINGS), default="rank",
                         help="rank: TopologicalLoss (Betti-number matching); betti: BettiMatchingLoss")
     parser.add_argument("--topo-weight", type=float, default=0.05)
