@@ -35,3 +35,14 @@ def simulate(monkeypatch):
 
     yield apply
     hardware.capabilities.cache_clear()
+
+
+@pytest.fixture
+def registry():
+    """Snapshot the preset registry and restore it: a test that registers presets can run any number of times."""
+    from fastloss import presets
+
+    saved = dict(presets._REGISTRY)
+    yield presets._REGISTRY
+    presets._REGISTRY.clear()
+    presets._REGISTRY.update(saved)

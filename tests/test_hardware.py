@@ -183,13 +183,3 @@ class TestPresetResolution:
         lazy = fastloss.preset("every", Mine())  # a defaulted second parameter is not the capabilities
         lazy(torch.rand(3), torch.rand(3))
         assert lazy.loss.every == 3
-
-
-@pytest.fixture
-def registry():
-    from fastloss import presets
-
-    saved = dict(presets._REGISTRY)
-    yield presets._REGISTRY
-    presets._REGISTRY.clear()
-    presets._REGISTRY.update(saved)

@@ -565,17 +565,6 @@ class TestStacks:
         assert extra["refresh_every"] == 7 and extra["max_entries"] == 9 and len(extra["pairings"]) == 1
 
 
-@pytest.fixture
-def registry():
-    """Snapshot the preset registry and restore it: a test that registers presets can run any number of times."""
-    from fastloss import presets
-
-    saved = dict(presets._REGISTRY)
-    yield presets._REGISTRY
-    presets._REGISTRY.clear()
-    presets._REGISTRY.update(saved)
-
-
 class TestPresets:
     def test_list(self):
         assert {"exact", "balanced", "fastest"} <= set(fastloss.list_presets("topology"))
