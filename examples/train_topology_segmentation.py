@@ -130,9 +130,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the final metrics here")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave torch's default)")
     args = parser.parse_args(argv)
     if args.preset not in (*fastloss.list_presets("topology"), "none"):
         parser.error(f"--preset must be one of {[*fastloss.list_presets('topology'), 'none']}, got {args.preset!r}")
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's setting as it was (benchmarks.e2e runs several examples)
+
+
+def run(args: argparse.Namespace) -> dict:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     torch.manual_seed(args.seed)
