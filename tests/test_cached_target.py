@@ -155,7 +155,9 @@ def test_state_dict_holds_no_cache_and_a_resumed_run_is_exact(tmp_path):
     rest_values, rest_grads = run(resumed, steps[3:])
     assert all(torch.equal(a, b) for a, b in zip(values[3:], rest_values, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(grads[3:], rest_grads, strict=True))
-    assert copy.deepcopy(first).loss.cache_info()["entries"] == 0  # a copy starts empty
+    clone = copy.deepcopy(first).loss
+    assert clone.cache_info()["entries"] == 0 and clone.cache_info()["bytes"] == 0  # a copy starts empty
+    assert first.loss.cache_info()["bytes"] > 0 and clone._probes == {}
 
 
 @pytest.mark.parametrize("make, error, message", [

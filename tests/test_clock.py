@@ -250,6 +250,14 @@ class TestSkippedShapes:
                               schedules.constant(0.0))
         assert vgg(*xy((3, 3, 16, 16))).shape == (3,)
 
+    def test_downsampled_shapes_in_3d_without_target_and_bad_input(self):
+        down = DownsampledLoss(nn.MSELoss(reduction="none"), factor=2)
+        x = torch.rand(1, 2, 4, 6, 6)
+        assert down.output_shape(x, x) == (1, 2, 2, 3, 3)
+        assert loss_output_shape(IntervalLoss(DownsampledLoss(fastloss.TopologicalLoss(reduction="none"))), x, None) == (1, 2)
+        with pytest.raises(ValueError, match=r"`input` must have 4 or 5 dimensions \(B, C, H, W or B, C, D, H, W\)"):
+            down.output_shape(torch.rand(2, 6, 6), None)
+
     def test_unknown_loss_shape_from_fake_tensors_without_data(self):
         class Rowwise(nn.Module):
             def forward(self, input, target):
@@ -338,3 +346,51 @@ class TestCompile:
         g = torch.Generator().manual_seed(0)
         pairs = [(torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)) for _ in range(3)]
         compiled_matches_eager(lambda: IntervalLoss(DownsampledLoss(nn.MSELoss()), every=2), pairs, backend="inductor")
+
+
+class TestClockEdges:
+    """Edges of the clock API that a careless change would break silently (found by mutation testing)."""
+
+    def test_set_clock_to_another_mode_removes_the_optimizer_hooks(self):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        loss = IntervalLoss(nn.MSELoss()).attach(opt)
+        loss.set_clock("manual")
+        opt.step()
+        assert int(loss.step) == 0 and loss.clock == "manual" and not loss._optimizer_hooks
+
+    def test_detach_then_attach_again_and_a_copy_can_attach(self):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        loss = IntervalLoss(nn.MSELoss()).attach(opt).detach().attach(opt)
+        opt.step()
+        assert int(loss.step) == 1
+        clone = copy.deepcopy(loss).attach(opt)
+        opt.step()
+        assert int(clone.step) == 2 and int(loss.step) == 2  # the clone was at 1 when copied
+
+    def test_set_step_zero_and_types(self):
+        loss = IntervalLoss(nn.MSELoss())
+        loss.set_step(3)
+        loss.set_step(0)
+        assert int(loss.step) == 0
+        for bad in (-1, 1.0, True):
+            with pytest.raises(ValueError, match="`step` must be a non-negative int"):
+                loss.set_step(bad)
+
+    def test_moving_the_stack_moves_everything_but_the_clock(self):
+        class WithBuffer(nn.MSELoss):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("scale", torch.ones(1))
+
+        stack = IntervalLoss(DownsampledLoss(WithBuffer()), every=2)
+        stack.to("meta")
+        assert stack.step.device.type == "cpu" and stack.innermost().scale.device.type == "meta"
+
+    def test_nested_offsets_compute_on_the_composed_steps(self):
+        """Outer every=3 offset=2 around inner every=2 offset=1: the inner counts the outer's computed steps
+        (5, 8, 11, ... are phases 1, 2, 3, ...) and computes on odd phases: steps 5, 11, 17."""
+        loss = IntervalLoss(IntervalLoss(nn.L1Loss(), every=2, offset=1), every=3, offset=2)
+        x = torch.ones(2, requires_grad=True)
+        computed = [s for s in range(18) if step(loss, (x, torch.zeros(2)))[0].item() != 0]
+        assert computed == [5, 11, 17]
+        assert [loss.loss.phase(s) for s in (5, 8, 11)] == [1, 2, 3]

@@ -1,3 +1,4 @@
+import copy
 import itertools
 import warnings
 
@@ -652,3 +653,122 @@ class TestPresets:
         """Each test restores the registry, so registering the same name in two tests never collides."""
         fastloss.register_preset("lazy", "mine", lambda loss: loss)
         assert ("lazy", "mine") in registry
+
+
+class TestPresetRegistryAndDescriptions:
+    @pytest.mark.parametrize("args, error, message", [
+        (("", "mine"), ValueError, "`name` and `kind` must be non-empty strings, got '' and 'mine'"),
+        (("lazy", ""), ValueError, "`name` and `kind` must be non-empty strings, got 'lazy' and ''"),
+        ((1, "mine"), ValueError, "got 1 and 'mine'"),
+        (("lazy", 2), ValueError, "got 'lazy' and 2"),
+    ])
+    def test_names(self, registry, args, error, message):
+        with pytest.raises(error) as info:
+            fastloss.register_preset(*args, lambda loss: loss)
+        assert message in str(info.value)
+
+    def test_builder_and_description(self, registry):
+        with pytest.raises(TypeError, match=r"`builder` must be callable \(loss -> wrapped loss\), got int"):
+            fastloss.register_preset("lazy", "mine", 3)
+        fastloss.register_preset("lazy", "mine", lambda loss: loss, "does nothing")
+        entry = fastloss.presets.entry("lazy", "mine")
+        assert (entry.name, entry.kind, entry.description) == ("lazy", "mine", "does nothing")
+        assert fastloss.presets.describe("lazy", "mine") == "does nothing"
+        fastloss.register_preset("lazy", "mine", lambda loss: IntervalLoss(loss, every=2), overwrite=True)
+        assert fastloss.presets.describe("lazy", "mine") == ""
+
+    def test_perceptual_fastest_is_interval_4_over_downsampled_2(self, simulate):
+        simulate("bf16-cpu")
+        fastest = fastloss.preset("fastest", fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None))
+        fastest(*batch(shape=(1, 3, 32, 32)))
+        interval, down = fastest.loss, fastest.loss.loss
+        assert isinstance(interval, IntervalLoss) and interval.every == 4 and interval.compensate
+        assert isinstance(down, DownsampledLoss) and down.factor == 2 and down.mode == "area"
+
+    def test_stack_descriptions(self, simulate):
+        from fastloss.presets import stack_description
+
+        simulate("bf16-cpu")
+        topo = fastloss.preset("balanced", fastloss.TopologicalLoss(workers=1))
+        topo(soft_prediction(ring()), ring())
+        assert stack_description(topo) == (
+            "preset 'balanced' o CachedPH(refresh_every=1) o TopologicalLoss(workers=1, backend=auto)")
+        assert "resolved_for='cpu'" in repr(topo) and "resolved_for='unresolved'" in repr(
+            fastloss.preset("exact", fastloss.TopologicalLoss()))
+        vgg = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
+        stack = IntervalLoss(DownsampledLoss(fastloss.CachedTarget(vgg, max_bytes=2**21, device="cpu"), size=(8, 8)), 3)
+        assert stack_description(stack) == (
+            "IntervalLoss(3) o DownsampledLoss((8, 8), area) o CachedTarget(2 MiB, host) o PerceptualLoss(vgg16, float32)")
+        fast = fastloss.preset("balanced", vgg)
+        fast(*batch(shape=(1, 3, 16, 16)))
+        assert stack_description(fast.loss) == "CachedTarget(1024 MiB) o PerceptualLoss(vgg16, bfloat16, channels_last)"
+        assert stack_description(DownsampledLoss(nn.MSELoss(), factor=3)) == "DownsampledLoss(3, area) o MSELoss"
+
+
+class TestCachedPHState:
+    def targets(self):
+        return torch.cat(dataset(2))
+
+    def pending_loss(self):
+        """An async CachedPH with a refresh pending (started at the second visit)."""
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh="async")
+        for seed in range(2):
+            loss(soft_prediction(self.targets(), seed=seed, noise=0.6), self.targets())
+        assert loss._pending
+        return loss
+
+    def test_a_pending_refresh_survives_a_checkpoint(self, tmp_path):
+        original, resumed = self.pending_loss(), CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh="async")
+        torch.save(original.state_dict(), tmp_path / "s.pt")
+        resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+        assert set(resumed._pending) == set(original._pending)
+        pred = soft_prediction(self.targets(), seed=9, noise=0.6)
+        assert torch.equal(resumed(pred, self.targets()), original(pred, self.targets()))
+        assert resumed.cache_info()["refreshes"] == original.cache_info()["refreshes"] > 0
+        original.close()
+        resumed.close()
+
+    def test_a_copy_keeps_pending_results(self):
+        original = self.pending_loss()
+        clone = copy.deepcopy(original)
+        assert set(clone._pending) == set(original._pending) and clone._executor is None
+        pred = soft_prediction(self.targets(), seed=9, noise=0.6)
+        assert torch.equal(clone(pred, self.targets()), original(pred, self.targets()))
+        original.close()
+
+    def test_a_smaller_bound_trims_the_loaded_cache(self):
+        big = CachedPH(fastloss.TopologicalLoss(), refresh_every=3, max_entries=8)
+        for t in dataset(3):
+            big(soft_prediction(t), t)
+        small = CachedPH(fastloss.TopologicalLoss(), refresh_every=3, max_entries=2)
+        with pytest.warns(UserWarning, match="max_entries=8; keeping this CachedPH's max_entries=2"):
+            small.load_state_dict(big.state_dict())
+        info = small.cache_info()
+        assert info["entries"] == 2 and info["target_entries"] == 2 and info["evictions"] == 2
+        newest = dataset(3)[2]  # LRU: the oldest entry went, the newest stayed
+        small(soft_prediction(newest), newest)
+        assert small.cache_info()["hits"] == 1
+
+    def test_refresh_mode_mismatch_is_named(self):
+        sync = CachedPH(fastloss.TopologicalLoss(), refresh="sync")
+        with pytest.warns(UserWarning, match=r"saved with refresh='async'; keeping this CachedPH's refresh='sync'"):
+            sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh="async").state_dict())
+
+
+class TestAMPEdges:
+    def test_a_device_without_autocast(self):
+        with pytest.raises(ValueError, match="`input` is on device type 'meta', where torch.autocast is not available"):
+            AMPLoss(nn.MSELoss())(torch.empty(2, device="meta"), torch.empty(2, device="meta"))
+
+    def test_a_copy_warns_again_once(self, simulate):
+        simulate("avx2-cpu")
+        loss = AMPLoss(CountingLoss())
+        x, y = batch()
+        with pytest.warns(UserWarning, match="runs in float32"):
+            loss(x, y)
+        clone = copy.deepcopy(loss)
+        with pytest.warns(UserWarning, match="runs in float32"):
+            clone(x, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            clone(x, y)
