@@ -174,3 +174,63 @@ def test_suite_betti_against_the_cpp_reference(tmp_path, capsys):
     assert main(["--losses", "betti", "--rounds", "1", "--steps", "2", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "speedup vs topolosses (C++ reference)" in out and "| topolosses (C++ reference) (baseline) |" in out
+
+
+class Sleepy(torch.nn.MSELoss):
+    """MSE that sleeps ``seconds`` per call: a deterministic slow candidate."""
+
+    def __init__(self, seconds=0.0):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, input, target):
+        import time
+
+        time.sleep(self.seconds)
+        return super().forward(input, target)
+
+
+class TestEarlyDrop:
+    def test_slow_and_emulated_candidates_are_dropped_and_reported(self, simulate, tmp_path):
+        simulate("avx2-cpu")
+        calls = []
+
+        class Spy(Sleepy):
+            def forward(self, input, target):
+                calls.append(1)
+                return super().forward(input, target)
+
+        wl = workloads.perceptual_workload(size=16, batch=1, samples=2, epochs=2)
+        report = compare(Sleepy(0.002), {"slow": Sleepy(0.05), "bf16": fastloss.AMPLoss(Spy(), dtype=torch.bfloat16),
+                                         "fine": Sleepy(0.0)}, wl, rounds=2, ladder=False, flops=False)
+        slow, bf16, fine = (report.candidates[k] for k in ("slow", "bf16", "fine"))
+        assert slow.dropped and "first timed step" in slow.status and slow.first_step_ratio > 5
+        assert not slow.round_times and not slow.deviation  # skipped for the remaining rounds
+        assert bf16.dropped and "bfloat16 is emulated on cpu" in bf16.status and not calls
+        assert not fine.dropped and len(fine.speedups) == 2
+        table = markdown_table(report)
+        assert "| slow | **dropped: first timed step" in table and "| bf16 | **dropped: bfloat16 is emulated" in table
+        entry = {b["name"]: b for b in to_json([report])["benchmarks"]}
+        assert entry["slow"]["extra_info"]["status"].startswith("dropped") and entry["slow"]["extra_info"]["first_step_ratio"] > 5
+        rows = compare_results(to_json([report]), to_json([report]))
+        assert not any("slow" in r.name for r in rows)  # dropped candidates are not compared as regressions
+
+    def test_time_budget_stops_rounds_but_not_below_the_minimum(self):
+        wl = workloads.perceptual_workload(size=16, batch=1, samples=2, epochs=1)
+        report = compare(Sleepy(0.01), {"same": Sleepy(0.01)}, wl, rounds=10, time_budget=0.05, min_rounds=3,
+                         ladder=False, flops=False)
+        assert report.rounds == 3 and len(report.candidates["same"].speedups) == 3
+
+    def test_machine_is_named_and_compared(self, tiny_report, tmp_path, capsys):
+        data = to_json([tiny_report])
+        info = data["machine_info"]
+        assert {"cpu_model", "cpu_capability", "cpu_native_low_precision"} <= set(info)
+        assert info["cpu_model"] in markdown_table(tiny_report)
+        other = copy.deepcopy(data)
+        other["machine_info"].update(cpu_model="AMD EPYC (Zen 3)", cpu_native_low_precision=[])
+        base, cur = tmp_path / "base.json", tmp_path / "cur.json"
+        base.write_text(json.dumps(other))
+        cur.write_text(json.dumps(data))
+        with pytest.warns(UserWarning, match="different machines \\(cpu_model, cpu_native_low_precision differ\\)"):
+            compare_cli.main(["--baseline", str(base), "--current", str(cur)])
+        assert "WARNING: the two results come from different machines" in capsys.readouterr().out
