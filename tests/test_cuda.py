@@ -132,7 +132,7 @@ def test_static_shapes_on_cuda_match_eager():
 def test_compare_on_cuda_uses_allocator_stats():
     wl = workloads.perceptual_workload(size=64, batch=2, samples=2, epochs=2)
     loss = fastloss.PerceptualLoss("resnet18", weights=None)
-    report = compare(loss, {"balanced": fastloss.preset("balanced", loss)}, wl, device="cuda", rounds=4)
+    report = compare(loss, {"balanced": fastloss.preset("balanced", loss)}, wl, device="cuda", rounds=4, drop_factor=None)
     assert report.device == torch.cuda.get_device_name(0)
     assert report.reference.memory_bytes > 0 and report.candidates["balanced"].memory_bytes > 0
     assert all(t > 0 for t in report.reference.step_times)

@@ -138,7 +138,7 @@ class TestPresetResolution:
         assert resumed.resolved_for.device == "cpu" and resumed.innermost().compute_dtype == torch.float32
 
     def test_steps_survive_resolution(self):
-        loss = fastloss.preset("fastest", fastloss.TopologicalLoss())
+        loss = fastloss.preset("fastest", fastloss.BettiMatchingLoss())
         loss.set_step(6)
         target = torch.zeros(1, 1, 16, 16)
         target[..., 4:12, 4:12] = 1
