@@ -7,8 +7,10 @@ against the exact loss, with the benchmark harness's protocol and deviation defi
 trajectory built from the user's ``(input, target)``, and picks the fastest that stays within the
 stated bounds:
 
-- the trajectory: ``steps`` training steps whose input moves from ``input`` toward ``target``
-  (``x_t = (1 - a_t) input + a_t target``, ``a_t`` up to 0.25), the way a prediction drifts in training;
+- the trajectory: ``steps`` training steps built from the batch as an epoch-based run sees it — the
+  batch in four flipped variants visited in turn (each target comes back every fourth step; consecutive
+  steps see different content), the input moving toward the target (``x_t = (1 - a_t) input + a_t
+  target``, ``a_t`` up to 0.25) with fresh smooth noise, the way a prediction drifts in training;
 - timing: one warm-up step each, then ``rounds`` interleaved rounds (order rotated), every training step
   timed with a synchronised clock (CUDA events on a GPU); speedup = reference / candidate per round,
   median and bootstrap 95% interval;
@@ -147,24 +149,36 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     return out
 
 
+def _variants(x: Tensor) -> list[tuple[int, ...]]:
+    """The flips of the last two axes that keep ``x``'s shape (identity first): four for images and maps."""
+    if x.ndim < 2:
+        return [()]
+    return [(), (-1,), (-2,), (-2, -1)]
+
+
 def _trajectory(input: Tensor, target: Tensor | None, steps: int, seed: int = 0) -> list[tuple[Tensor, Tensor | None]]:
-    """``steps`` inputs drifting from ``input`` toward ``target`` with fresh smooth noise each step, within
-    the input's own value range: what changes between training steps (and what caches must survive)."""
+    """``steps`` training steps built from one batch, as an epoch-based run sees it: the batch in four
+    flipped variants visited in turn (so each target comes back every fourth step, as samples do every
+    epoch, and consecutive steps see different content, as different batches would), the input drifting
+    toward the target with fresh smooth noise each step, within the input's own value range."""
     x0 = input.detach()
     if not x0.is_floating_point():
         return [(x0.clone(), target) for _ in range(steps)]
     g = torch.Generator().manual_seed(seed)
     low, high = float(x0.min()), float(x0.max())
     sigma = 0.1 * float(x0.float().std()) if x0.numel() > 1 else 0.0
-    mix = target is not None and target.shape == x0.shape
+    paired = target is not None and target.shape == x0.shape
+    flips = _variants(x0) if paired else [()]
     out = []
-    for a in np.linspace(0.0, 0.25, steps):
-        x = (1 - a) * x0 + a * target.detach().to(x0.dtype) if mix else x0.clone()
+    for t, a in enumerate(np.linspace(0.0, 0.25, steps)):
+        dims = flips[t % len(flips)]
+        xt, tt = (x0.flip(dims), target.flip(dims)) if dims else (x0, target)
+        x = (1 - a) * xt + a * tt.detach().to(x0.dtype) if paired else xt.clone()
         noise = torch.randn(x0.shape, generator=g).to(x0.dtype)
         if x0.ndim >= 4:  # spatially smooth, like a network's output
             pool = torch.nn.functional.avg_pool2d if x0.ndim == 4 else torch.nn.functional.avg_pool3d
             noise = pool(noise.float(), 5, 1, 2).to(x0.dtype) * 5
-        out.append(((x + sigma * noise.to(x0.device)).clamp(low, high), target))
+        out.append(((x + sigma * noise.to(x0.device)).clamp(low, high), tt))
     return out
 
 
