@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         module = load_example(TASKS[task][0])
         extra = getattr(args, f"{task}_args").split()
         runs = []
+        # one untimed run first: imports, numba's cache loading and allocator warm-up are not the first
+        # preset's cost
+        print(f"{task}: warm-up run (not reported)", file=sys.stderr, flush=True)
+        module.main(["--preset", presets[0], "--seed", "0", "--quiet", *extra])
         for preset in presets:
             for seed in range(args.seeds):
                 print(f"{task}: preset={preset} seed={seed}", file=sys.stderr, flush=True)
