@@ -142,7 +142,7 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
         if cfg.workers is None:
             out["workers=1"] = lambda: _with_config(loss, workers=1)
             if not prior:
-                out["balanced, workers=1"] = lambda: CachedPH(_with_config(loss, workers=1), refresh_every=1)
+                out["CachedPH(1), workers=1"] = lambda: CachedPH(_with_config(loss, workers=1), refresh_every=1)
         backend = getattr(cfg, "backend", None)
         if backend == "auto":
             out["backend=cripser"] = lambda: _with_config(loss, backend="cripser")

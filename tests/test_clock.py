@@ -149,14 +149,15 @@ def build(layers):
         if layer[0] == "interval":
             every, offset, compensate = layer[1], layer[2] % layer[1], layer[3]
             loss = IntervalLoss(loss, every=every, offset=offset, compensate=compensate)
+            gain *= 1.0 if compensate else 1.0 / every  # the documented gains, not the object's own account
         elif layer[0] == "sched":
             loss = ScheduledWeight(loss, schedules.constant(layer[1]))
+            gain *= layer[1]
         elif layer[0] == "down":
             loss = DownsampledLoss(loss, factor=2)
             downs += 1
         else:
             loss = AMPLoss(loss, dtype=torch.bfloat16)
-        gain *= loss.mean_gain()
     return loss, gain
 
 

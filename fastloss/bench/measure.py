@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -58,6 +59,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
         fn()
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated(device) - base)
+    # kineto writes two lines per profile() to stderr (and an error line on CUDA builds without a GPU):
+    # silenced unless the user set a level of their own
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
