@@ -92,6 +92,24 @@ class TestCompare:
         assert ref_flops > 0 and cand_flops == pytest.approx(ref_flops / 2, rel=0.01)
         assert r.reference.memory_bytes is None or r.reference.memory_bytes > 0
 
+    def test_no_fake_zero_flops_when_either_side_leaves_torch(self):
+        """Betti matching's PH runs in numba; a baseline outside torch makes the reference's count n/a too."""
+        wl = workloads.topology_workload(size=16, batch=1, samples=1, epochs=2)
+        betti = fastloss.BettiMatchingLoss(workers=1)
+        r = compare(betti, {"interval": IntervalLoss(betti, every=2)}, wl, rounds=1, ladder=False, drop_factor=None)
+        assert r.reference.flops_per_step == "n/a" and r.candidates["interval"].flops_per_step == "n/a"
+
+        class Mse(torch.nn.Module):
+            def forward(self, input, target):
+                return torch.nn.functional.mse_loss(input, target)
+
+        foreign = Mse()
+        foreign.runs_outside_torch = True  # stands for a C++ extension's loss
+        r = compare(Mse(), {"foreign": foreign}, wl, rounds=1, ladder=False, drop_factor=None)
+        assert r.reference.flops_per_step == "n/a" and r.candidates["foreign"].flops_per_step == "n/a"
+        r = compare(Mse(), {"plain": Mse()}, wl, rounds=1, ladder=False, drop_factor=None)
+        assert isinstance(r.reference.flops_per_step, float)  # counted (FlopCounterMode counts no MSE FLOPs)
+
     def test_templates_untouched(self):
         wl = workloads.topology_workload(size=16, batch=2, samples=2, epochs=2)
         loss = fastloss.TopologicalLoss(workers=1)

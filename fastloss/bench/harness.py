@@ -155,7 +155,7 @@ def _deviation(reference: nn.Module, candidate: nn.Module, trajectory, ladder, c
     acc_ref = acc_cand = None
     computed = 0
     flops = {"reference": 0.0, "candidate": 0.0}
-    outside_torch = uses_outside_torch(candidate)
+    outside_torch = uses_outside_torch(candidate) or uses_outside_torch(reference)
 
     def step(which: str, loss: nn.Module, x, t):
         if not count_flops or outside_torch:

@@ -10,8 +10,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..losses import TopologicalLoss
-
 __all__ = ["StageTimer", "StepClock", "flops_per_step", "peak_memory", "training_step"]
 
 
@@ -75,8 +73,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 
 
 def uses_outside_torch(loss: nn.Module) -> bool:
-    """Whether part of the loss's work runs outside torch (cripser's PH), where FLOPs cannot be counted."""
-    return any(isinstance(m, TopologicalLoss) for m in loss.modules())
+    """Whether part of the loss's work runs outside torch (persistent homology in numba or cripser, a C++
+    extension), where FLOPs cannot be counted: a module says so with ``runs_outside_torch = True``."""
+    return any(getattr(m, "runs_outside_torch", False) for m in loss.modules())
 
 
 def flops_per_step(run: Callable[[], int], loss: nn.Module) -> float | str:

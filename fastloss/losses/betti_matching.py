@@ -378,6 +378,7 @@ class BettiMatchingLoss(nn.Module):
     """
 
     preset_kind = "topology"
+    runs_outside_torch = True  # its PH runs in numba or cripser: no FLOP count (benchmarks say n/a)
     Selection = MatchSelection
 
     def __init__(

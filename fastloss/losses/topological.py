@@ -388,6 +388,7 @@ class TopologicalLoss(nn.Module):
     """
 
     preset_kind = "topology"
+    runs_outside_torch = True  # its PH runs in numba or cripser: no FLOP count (benchmarks say n/a)
 
     def __init__(
         self,
