@@ -92,7 +92,7 @@ class TestClock:
         assert step(manual, (x, y))[0].item() == 0
         with pytest.raises(ValueError, match="`mode` must be one of"):
             manual.set_clock("epochs")
-        with pytest.raises(ValueError, match="needs an optimizer: call attach"):
+        with pytest.raises(ValueError, match=r"^clock 'optimizer' needs an optimizer: call attach\(optimizer\)$"):
             manual.set_clock("optimizer")
         with pytest.raises(TypeError, match="`optimizer` must be a torch.optim.Optimizer, got Linear"):
             manual.attach(nn.Linear(1, 1))
@@ -181,6 +181,8 @@ class TestNesting:
     @given(layers=st.lists(LAYERS, min_size=1, max_size=4).filter(lambda ls: sum(x[0] == "down" for x in ls) <= 2))
     def test_mean_over_a_window_is_the_exact_loss_times_the_documented_gains(self, layers):
         loss, gain = build(layers)
+        # the stack's own account of its documented gains agrees with the documentation
+        assert math.prod(w.mean_gain() for w in loss.wrappers()) == pytest.approx(gain)
         window = math.prod(layer[1] for layer in layers if layer[0] == "interval")
         g = torch.Generator().manual_seed(len(layers))
         # constant on 4x4 blocks: area downsampling (up to twice) leaves the MSE unchanged
@@ -358,6 +360,12 @@ class TestClockEdges:
         loss.set_clock("manual")
         opt.step()
         assert int(loss.step) == 0 and loss.clock == "manual" and not loss._optimizer_hooks
+
+    def test_set_clock_optimizer_when_attached_keeps_the_hooks(self):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        loss = IntervalLoss(nn.MSELoss()).attach(opt).set_clock("optimizer")
+        opt.step()
+        assert int(loss.step) == 1 and loss.clock == "optimizer"
 
     def test_detach_then_attach_again_and_a_copy_can_attach(self):
         opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)

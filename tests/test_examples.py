@@ -120,7 +120,9 @@ def test_e2e_defaults_to_three_seeds(monkeypatch, tmp_path):
     monkeypatch.setattr(e2e, "load_example", lambda script: FakeExample)
     monkeypatch.setattr(e2e, "plot", lambda summaries, path: None)
     assert e2e.main(["--tasks", "restoration", "--presets", "exact", "--output", str(tmp_path)]) == 0
-    assert seeds == ["0", "1", "2"]
+    assert seeds == ["0", "0", "1", "2"]  # one untimed warm-up run, then the three reported seeds
+    runs = json.loads((tmp_path / "e2e.json").read_text())["runs"]["restoration"]
+    assert len(runs) == 3
 
 
 def test_e2e_summary_and_outputs(tmp_path, capsys):

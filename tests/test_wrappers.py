@@ -1,5 +1,7 @@
 import copy
 import itertools
+import threading
+import time
 import warnings
 
 import pytest
@@ -644,7 +646,7 @@ class TestPresets:
         assert fastloss.list_presets("mine") == ["lazy"]
         with pytest.raises(ValueError, match="already registered"):
             fastloss.register_preset("lazy", "mine", lambda loss: loss)
-        with pytest.raises(ValueError, match="'auto' is reserved"):
+        with pytest.raises(ValueError, match=r"^`name` 'auto' is reserved: it is resolved by fastloss.autotune$"):
             fastloss.register_preset("auto", "mine", lambda loss: loss)
 
     def test_register_can_run_twice(self, registry):
@@ -702,6 +704,19 @@ class TestPresetRegistryAndDescriptions:
         assert stack_description(fast.loss) == "CachedTarget(1024 MiB) o PerceptualLoss(vgg16, bfloat16, channels_last)"
         assert stack_description(DownsampledLoss(nn.MSELoss(), factor=3)) == "DownsampledLoss(3, area) o MSELoss"
 
+    def test_a_users_loss_with_a_config_of_its_own(self):
+        class Configured(nn.MSELoss):
+            config = {"anything": 1}  # not a topology config: no `workers`
+
+        from fastloss.presets import stack_description
+
+        assert stack_description(IntervalLoss(Configured(), every=2)) == "IntervalLoss(2) o Configured"
+
+    def test_downsampled_repr(self):
+        assert DownsampledLoss(fastloss.TopologicalLoss()).extra_repr() == "factor=2, mode='max', antialias=True"
+        down = DownsampledLoss(nn.MSELoss(), size=(8, 8), antialias=False)
+        assert repr(down).splitlines()[1].strip() == "size=(8, 8), mode='area', antialias=False"
+
 
 class TestCachedPHState:
     def targets(self):
@@ -747,10 +762,80 @@ class TestCachedPHState:
         small(soft_prediction(newest), newest)
         assert small.cache_info()["hits"] == 1
 
+    def test_wait_finishes_pending_refreshes(self, monkeypatch):
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh="async")
+        finished = []
+        real = loss.loss.select
+
+        def slow_select(*args):
+            time.sleep(0.3)
+            result = real(*args)
+            finished.append(1)
+            return result
+
+        for seed in range(2):
+            loss(soft_prediction(self.targets(), seed=seed, noise=0.6), self.targets())
+        monkeypatch.setattr(loss.loss, "select", slow_select)
+        loss(soft_prediction(self.targets(), seed=2, noise=0.6), self.targets())  # a third visit: refresh starts
+        loss(soft_prediction(self.targets(), seed=3, noise=0.6), self.targets())
+        assert loss._pending
+        loss.wait()
+        assert len(finished) == len(loss._pending) > 0  # every pending refresh has finished
+        loss.close()
+
+    def test_close_stops_the_background_thread(self):
+        def workers():
+            return [t for t in threading.enumerate() if t.name.startswith("fastloss-cachedph") and t.is_alive()]
+
+        before = len(workers())
+        loss = self.pending_loss()
+        assert len(workers()) == before + 1
+        loss.close()
+        deadline = time.monotonic() + 5
+        while len(workers()) > before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(workers()) == before
+
+    def test_target_bytes_are_accounted_and_reset_by_a_checkpoint(self):
+        from fastloss.ph.matching import target_side
+
+        g = torch.Generator().manual_seed(0)
+        masks = [(torch.rand(1, 1, 16, 16, generator=g) < 0.4).float() for _ in range(3)]
+        loss = CachedPH(fastloss.BettiMatchingLoss(), refresh_every=1, max_entries=2)
+        for t in masks:
+            loss(torch.rand(1, 1, 16, 16, generator=g).requires_grad_(), t)
+        kept = masks[1:]  # LRU bound 2: the first target's side went
+        expected = sum(target_side((1 - t[0, 0]).numpy()).nbytes for t in kept)
+        info = loss.cache_info()
+        assert info["target_entries"] == 2 and info["target_bytes"] == expected > 0
+        resumed = CachedPH(fastloss.BettiMatchingLoss(), refresh_every=1, max_entries=2)
+        resumed.load_state_dict(loss.state_dict())  # target sides are not saved: rebuilt on demand
+        assert resumed.cache_info()["target_bytes"] == 0
+        assert CachedPH(fastloss.TopologicalLoss()).cache_info()["target_bytes"] == 0
+
     def test_refresh_mode_mismatch_is_named(self):
         sync = CachedPH(fastloss.TopologicalLoss(), refresh="sync")
-        with pytest.warns(UserWarning, match=r"saved with refresh='async'; keeping this CachedPH's refresh='sync'"):
+        with pytest.warns(UserWarning, match=r"^CachedPH: the checkpoint was saved with refresh='async'; "
+                                             r"keeping this CachedPH's refresh='sync'"):
             sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh="async").state_dict())
+
+
+class TestWarningsNameTheCallersLine:
+    """A wrapper's warning is raised frames deep; it must point at the user's line, however deep the stack."""
+
+    @pytest.mark.parametrize("wrap", [lambda a: a, lambda a: IntervalLoss(DownsampledLoss(a), every=1)],
+                             ids=["alone", "nested"])
+    def test_amp(self, wrap):
+        loss = wrap(AMPLoss(nn.MSELoss(), dtype=torch.float16))  # float16 is emulated on every CPU
+        with pytest.warns(UserWarning, match="AMPLoss: torch.float16 is emulated") as rec:
+            loss(*batch())
+        assert [w.filename for w in rec if "AMPLoss" in str(w.message)] == [__file__]
+
+    def test_cached_ph_checkpoint(self):
+        sync = CachedPH(fastloss.TopologicalLoss(), refresh_every=1)
+        with pytest.warns(UserWarning, match="CachedPH: the checkpoint") as rec:
+            sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh_every=3).state_dict())
+        assert [w.filename for w in rec] == [__file__]
 
 
 class TestAMPEdges:

@@ -26,12 +26,11 @@ of recompiling without end.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_images, check_input_range, check_reduction, reduce_loss, upcast
+from .._warnings import warn
 
 __all__ = ["FeatureLoss", "to_unit_range"]
 
@@ -133,10 +132,9 @@ class FeatureLoss(nn.Module):
             if len(seen) >= static["max_shapes"]:
                 if not self.__dict__.get("_static_warned"):
                     self.__dict__["_static_warned"] = True
-                    warnings.warn(
+                    warn(
                         f"{type(self).__name__}: the static-shape path has seen {len(seen)} input shapes "
                         f"(max_shapes={static['max_shapes']}); shape {tuple(x.shape)} runs eagerly",
-                        UserWarning, stacklevel=3,
                     )
                 return backbone(x)
             seen.add(signature)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 
 from .. import hardware
 from .._validation import check_choice, upcast
+from .._warnings import warn
 from .base import LossWrapper
 
 __all__ = ["AMPLoss"]
@@ -48,7 +47,7 @@ class AMPLoss(LossWrapper):
     def _warn_once(self, device: torch.device, key: str, message: str) -> None:
         if (device.type, key) not in self._warned:
             self._warned.add((device.type, key))
-            warnings.warn(message, UserWarning, stacklevel=4)
+            warn(message)
 
     @torch.compiler.disable
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:

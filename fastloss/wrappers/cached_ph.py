@@ -39,7 +39,6 @@ dataclass of index arrays).
 from __future__ import annotations
 
 import hashlib
-import warnings
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_positive_int
+from .._warnings import warn
 from ..losses.betti_matching import BettiMatchingLoss
 from ..losses.topological import BarSelection, TopologicalLoss, TopologyConfig, run_per_map
 from .base import LossWrapper
@@ -144,7 +144,10 @@ class CachedPH(LossWrapper):
         )
 
     def cache_info(self) -> dict[str, int]:
-        return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._betti)}
+        """Counters, the number of cached pairings and target sides, and the bytes the target sides hold
+        (Betti matching's filtrations and barcodes; Betti numbers count as 0), bounded by ``max_target_bytes``."""
+        return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._betti),
+                "target_bytes": self._target_bytes}
 
     def _put(self, cache: OrderedDict, key: str, value: object) -> None:
         if cache is self._betti:
@@ -287,11 +290,10 @@ class CachedPH(LossWrapper):
         differs = {k: (state[k], getattr(self, k)) for k in ("refresh_every", "max_entries", "refresh")
                    if state.get(k, getattr(self, k)) != getattr(self, k)}
         if differs:
-            warnings.warn(
+            warn(
                 "CachedPH: the checkpoint was saved with "
                 + ", ".join(f"{k}={old!r}" for k, (old, _) in differs.items())
                 + "; keeping this CachedPH's " + ", ".join(f"{k}={new!r}" for k, (_, new) in differs.items()),
-                UserWarning, stacklevel=2,
             )
 
         def unpack(tensors: list[Tensor]) -> BarSelection:
