@@ -367,6 +367,17 @@ class TestClockEdges:
         opt.step()
         assert int(loss.step) == 1 and loss.clock == "optimizer"
 
+    def test_a_copy_of_an_attached_stack_is_not_attached(self):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        loss = IntervalLoss(nn.MSELoss()).attach(opt)
+        clone = copy.deepcopy(loss)
+        assert clone.clock == "backward"
+        with pytest.raises(ValueError, match="needs an optimizer"):  # no dead hooks pretend it is attached
+            clone.set_clock("optimizer")
+        clone.detach()
+        opt.step()
+        assert int(loss.step) == 1 and int(clone.step) == 0
+
     def test_detach_then_attach_again_and_a_copy_can_attach(self):
         opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
         loss = IntervalLoss(nn.MSELoss()).attach(opt).detach().attach(opt)

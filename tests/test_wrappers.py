@@ -138,8 +138,12 @@ class TestScheduledWeight:
             ScheduledWeight(CountingLoss(), lambda s: -1)(x, y)
         with pytest.raises(TypeError, match=r"`schedule\(0\)` must return a number, got str"):
             ScheduledWeight(CountingLoss(), lambda s: "one")(x, y)
-        with pytest.raises(TypeError, match="`schedule` must be callable"):
+        with pytest.raises(TypeError, match=r"^`schedule` must be callable \(step -> weight\), got float$"):
             ScheduledWeight(CountingLoss(), 1.0)
+
+    def test_weight_at_a_given_step(self):
+        loss = ScheduledWeight(CountingLoss(), schedules.linear_warmup(10))
+        assert loss.weight() == 0.0 and loss.weight(5) == pytest.approx(0.5) and loss.weight(20) == 1.0
 
     @pytest.mark.parametrize("call, message", [
         (lambda: schedules.piecewise([1, 2], [1.0]), "`values` must have len(boundaries) + 1 = 3 entries, got 1"),
