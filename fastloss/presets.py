@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from . import hardware
 from .hardware import Capabilities
-from .losses import TopologicalLoss
+from .losses import BettiMatchingLoss, TopologicalLoss
 from .losses._feature import FeatureLoss
 from .wrappers import CachedPH, CachedTarget, DownsampledLoss, IntervalLoss, LossWrapper
 
@@ -283,6 +283,8 @@ def _topology_balanced(loss: nn.Module) -> nn.Module:
     # around Betti matching at 1.09x, around the cripser backend at 1.29x. Reusing a prediction's pairing
     # (refresh_every > 1) measured a median gradient cosine of 0.10-0.17: it fails the contract. The maps'
     # PH already runs on every core by default (workers=None); a user's workers=1 is kept.
+    if not isinstance(loss, (TopologicalLoss, BettiMatchingLoss)):  # a user's loss of kind "topology"
+        return loss
     return loss if _cheap_target_side(loss) else CachedPH(loss, refresh_every=1)
 
 

@@ -708,6 +708,15 @@ class TestPresetRegistryAndDescriptions:
         assert stack_description(fast.loss) == "CachedTarget(1024 MiB) o PerceptualLoss(vgg16, bfloat16, channels_last)"
         assert stack_description(DownsampledLoss(nn.MSELoss(), factor=3)) == "DownsampledLoss(3, area) o MSELoss"
 
+    def test_a_users_topology_loss_gets_exact_presets(self):
+        class MyTopo(nn.MSELoss):
+            preset_kind = "topology"  # no config, not a fastloss topology loss: nothing to cache
+
+        for name in ("balanced", "fastest"):
+            p = fastloss.preset(name, MyTopo())
+            x, y = batch()
+            assert torch.equal(p(x, y), F.mse_loss(x, y)) and type(p.loss) is MyTopo
+
     def test_a_users_loss_with_a_config_of_its_own(self):
         class Configured(nn.MSELoss):
             config = {"anything": 1}  # not a topology config: no `workers`
@@ -822,6 +831,64 @@ class TestCachedPHState:
         with pytest.warns(UserWarning, match=r"^CachedPH: the checkpoint was saved with refresh='async'; "
                                              r"keeping this CachedPH's refresh='sync'"):
             sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh="async").state_dict())
+
+
+class TestCachedPHEdges:
+    """What a careless change to CachedPH would break silently (found by mutation testing)."""
+
+    def test_same_bytes_different_shape_is_no_hit(self):
+        wide = torch.zeros(1, 1, 4, 8)
+        wide[..., :2] = wide[..., 6:] = 1  # two bars: 2 components
+        tall = wide.reshape(1, 1, 8, 4)  # the same bytes, another image: 8 diagonal pieces
+        assert topo.betti_numbers(wide[0, 0].numpy()) != topo.betti_numbers(tall[0, 0].numpy())
+        cached, exact = CachedPH(fastloss.TopologicalLoss(reduction="none"), refresh_every=1), \
+            fastloss.TopologicalLoss(reduction="none")
+        for t in (wide, tall):
+            pred = soft_prediction(t, seed=1, noise=0.4)
+            assert torch.equal(cached(pred, t), exact(pred, t))
+        assert cached.cache_info()["target_misses"] == 2
+
+    def test_a_failure_names_the_map_in_the_batch(self, monkeypatch):
+        targets = torch.cat(dataset(2))
+        loss = CachedPH(fastloss.TopologicalLoss(workers=1), refresh_every=5)
+        loss(soft_prediction(targets[:1]), targets[:1])  # map 0 cached: the next call computes map 1 only
+        monkeypatch.setattr(loss.loss, "select", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
+        with pytest.raises(RuntimeError, match=r"^persistent homology failed on map 1: ValueError: boom$"):
+            loss(soft_prediction(targets), targets)
+        monkeypatch.setattr(loss.loss, "target_side", lambda *a: (_ for _ in ()).throw(ValueError("bad mask")))
+        fresh = torch.cat([targets[:1], ring(24, outer=9, width=2)])
+        with pytest.raises(RuntimeError, match=r"^target persistent homology failed on map 1: ValueError: bad mask$"):
+            loss(soft_prediction(fresh), fresh)
+
+    def test_workers_one_runs_on_the_calling_thread(self, monkeypatch):
+        loss = CachedPH(fastloss.TopologicalLoss(workers=1), refresh_every=1)
+        threads = []
+        for name in ("select", "target_side"):
+            real = getattr(loss.loss, name)
+            monkeypatch.setattr(loss.loss, name, lambda *a, real=real: threads.append(threading.current_thread())
+                                or real(*a))
+        targets = torch.cat(dataset(3))
+        loss(soft_prediction(targets), targets)
+        assert len(threads) == 6 and set(threads) == {threading.current_thread()}
+
+    def test_clear_cancels_queued_refreshes(self, monkeypatch):
+        loss = CachedPH(fastloss.TopologicalLoss(), refresh_every=2, refresh="async")
+        targets = torch.cat(dataset(3))
+        calls = []
+        real = loss.loss.select
+
+        def slow(*args):
+            calls.append(1)
+            time.sleep(0.2)
+            return real(*args)
+
+        loss(soft_prediction(targets, seed=0, noise=0.6), targets)
+        monkeypatch.setattr(loss.loss, "select", slow)
+        loss(soft_prediction(targets, seed=1, noise=0.6), targets)  # 3 refreshes queued on one thread
+        assert len(loss._pending) == 3
+        loss.clear()
+        loss.close()  # waits for the one already running
+        assert len(calls) <= 1 and loss.cache_info()["entries"] == 0
 
 
 class TestWarningsNameTheCallersLine:

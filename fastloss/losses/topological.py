@@ -189,10 +189,12 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     return out.index_add(0, drop_owner, (dd - db).square())
 
 
-def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: str) -> list:
+def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: str,
+                index: Sequence[int] | None = None) -> list:
     """Run ``fn(i)`` for ``i < n`` in a thread pool (both PH engines release the GIL); ``workers=1`` is sequential.
 
-    A worker's exception surfaces here as a ``RuntimeError`` naming the map it failed on.
+    A worker's exception surfaces here as a ``RuntimeError`` naming the map it failed on: ``index[i]`` (the
+    map's place in the batch, when ``fn`` runs over a subset of it), else ``i``.
     """
     workers = min(n, os.cpu_count() or 1) if workers is None else min(workers, n)
 
@@ -200,7 +202,8 @@ def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: 
         try:
             return fn(i)
         except Exception as exc:  # re-raised below with the map index
-            raise RuntimeError(f"{what} failed on map {i}: {type(exc).__name__}: {exc}") from exc
+            where = i if index is None else index[i]
+            raise RuntimeError(f"{what} failed on map {where}: {type(exc).__name__}: {exc}") from exc
 
     if workers <= 1:
         return [guarded(i) for i in range(n)]

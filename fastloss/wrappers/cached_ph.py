@@ -208,7 +208,7 @@ class CachedPH(LossWrapper):
         which = list(which)
         out = run_per_map(
             lambda j: self.loss.select(f_np[which[j]], bettis[which[j]], dims),
-            len(which), self.loss.config.workers, "persistent homology",
+            len(which), self.loss.config.workers, "persistent homology", index=which,
         )
         return dict(zip(which, out, strict=True))
 
@@ -226,7 +226,7 @@ class CachedPH(LossWrapper):
         self._stats["target_hits"] += len(keys) - len(missing)
         computed = run_per_map(
             lambda j: self.loss.target_side(masks[missing[j]], dims),
-            len(missing), self.loss.config.workers, "target persistent homology",
+            len(missing), self.loss.config.workers, "target persistent homology", index=missing,
         ) if missing else []
         found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
         for key, betti in found.items():
