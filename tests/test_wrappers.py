@@ -833,6 +833,129 @@ class TestCachedPHState:
             sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh="async").state_dict())
 
 
+class Identity(nn.Module):
+    """A "loss" that returns its (resized) input: what DownsampledLoss hands the loss, observable."""
+
+    def forward(self, input, target):
+        return input
+
+
+class TestDownsampledEdges:
+    @pytest.mark.parametrize("mode, pool2d, pool3d", [
+        ("area", F.adaptive_avg_pool2d, F.adaptive_avg_pool3d),
+        ("max", F.adaptive_max_pool2d, F.adaptive_max_pool3d),
+    ])
+    def test_size_uses_adaptive_pooling_in_2d_and_3d(self, mode, pool2d, pool3d):
+        g = torch.Generator().manual_seed(0)
+        x2, x3 = torch.rand(1, 2, 9, 7, generator=g), torch.rand(1, 1, 5, 9, 7, generator=g)
+        assert torch.equal(DownsampledLoss(Identity(), size=(4, 3), mode=mode)(x2, None), pool2d(x2, (4, 3)))
+        assert torch.equal(DownsampledLoss(Identity(), size=(2, 4, 3), mode=mode)(x3, None), pool3d(x3, (2, 4, 3)))
+
+    @pytest.mark.parametrize("antialias", [True, False])
+    def test_bilinear_honours_antialias_in_2d_and_is_trilinear_in_3d(self, antialias):
+        x = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+        out = DownsampledLoss(Identity(), factor=3, mode="bilinear", antialias=antialias)(x, None)
+        assert torch.equal(out, F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False,
+                                              antialias=antialias))
+        v = torch.rand(1, 1, 6, 6, 6, generator=torch.Generator().manual_seed(2))
+        out = DownsampledLoss(Identity(), factor=2, mode="bilinear", antialias=False)(v, None)
+        assert torch.equal(out, F.interpolate(v, size=(3, 3, 3), mode="trilinear", align_corners=False))
+        with pytest.raises(ValueError, match=r"^`antialias=True` is not supported for 3D inputs; use antialias=False "
+                                             r"or mode='area'$"):
+            DownsampledLoss(Identity(), factor=2, mode="bilinear")(v, None)
+
+    def test_float64_stays_float64_gradcheck(self):
+        x = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+        y = torch.rand(1, 1, 6, 6, dtype=torch.float64)
+        loss = DownsampledLoss(nn.MSELoss(), factor=2)
+        assert loss(x, y).dtype == torch.float64
+        assert torch.autograd.gradcheck(lambda a: loss(a, y), (x,))
+
+    @pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
+    def test_integer_and_bool_topology_targets(self, dtype):
+        target = torch.cat(dataset(2, size=16))
+        pred = soft_prediction(target)
+        down = DownsampledLoss(fastloss.TopologicalLoss(workers=1))
+        assert torch.equal(down(pred, target.to(dtype)), down(pred, target))
+
+
+class TestCachedPHDefaultsAndBounds:
+    def test_documented_defaults_and_messages(self):
+        loss = CachedPH(fastloss.TopologicalLoss())
+        assert (loss.refresh_every, loss.max_entries, loss.refresh) == (5, 4096, "sync")
+        with pytest.raises(ValueError, match=r"^CachedPH needs target masks to recognise samples; a `betti` prior "
+                                             r"has none$"):
+            CachedPH(fastloss.TopologicalLoss(betti=(1, 0)))
+        with pytest.raises(ValueError, match=r"^`max_entries` must be >= 1, got 0$"):
+            CachedPH(fastloss.TopologicalLoss(), max_entries=0)
+
+    def sides(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return [(torch.rand(1, 1, 16, 16, generator=g) < 0.4).float() for _ in range(n)]
+
+    @staticmethod
+    def nbytes(t):
+        from fastloss.ph.matching import target_side
+
+        return target_side((1 - t[0, 0]).numpy()).nbytes
+
+    @pytest.mark.parametrize("room, kept", [(2.0, 2), (2.5, 2), (1.5, 1), (0.5, 1)])
+    def test_target_byte_bound(self, monkeypatch, room, kept):
+        masks = self.sides(3)
+        loss = CachedPH(fastloss.BettiMatchingLoss(workers=1), refresh_every=1)
+        bound = int(room * max(self.nbytes(t) for t in masks))
+        monkeypatch.setattr(loss, "max_target_bytes", bound)
+        for t in masks:
+            loss(torch.rand(1, 1, 16, 16).requires_grad_(), t)
+        info = loss.cache_info()
+        # the newest side always stays (a bound below one side still caches the side in use)
+        assert info["target_entries"] == kept
+        assert info["target_bytes"] == sum(self.nbytes(t) for t in masks[-kept:])
+        assert kept == 1 or info["target_bytes"] <= bound
+        loss(torch.rand(1, 1, 16, 16).requires_grad_(), masks[-1])
+        assert loss.cache_info()["target_hits"] == 1  # LRU: the newest is the one kept
+
+    def test_rank_matching_sides_hold_no_bytes(self):
+        loss = CachedPH(fastloss.TopologicalLoss(workers=1), refresh_every=1)
+        for t in self.sides(3):
+            loss(torch.rand(1, 1, 16, 16).requires_grad_(), t)
+        assert loss.cache_info()["target_entries"] == 3 and loss.cache_info()["target_bytes"] == 0
+
+    def test_evicting_a_pairing_drops_its_pending_refresh(self):
+        masks = self.sides(2, seed=3)
+        loss = CachedPH(fastloss.TopologicalLoss(workers=1), refresh_every=2, max_entries=1, refresh="async")
+        for _ in range(2):  # the second visit starts a refresh of the first mask
+            loss(torch.rand(1, 1, 16, 16).requires_grad_(), masks[0])
+        assert len(loss._pending) == 1
+        loss(torch.rand(1, 1, 16, 16).requires_grad_(), masks[1])  # evicts the first mask's pairing
+        assert not loss._pending and loss.cache_info()["evictions"] >= 1
+        loss.close()
+
+
+class TestTargetCacheBytes:
+    def test_bound_per_device(self, monkeypatch):
+        from fastloss.hardware import Capabilities
+        from fastloss.presets import _perceptual_balanced, target_cache_bytes
+
+        cpu = Capabilities("cpu", "test CPU", ())
+        assert target_cache_bytes(cpu) == 1 << 30
+        gpu = Capabilities("cuda:0", "fake GPU", (torch.bfloat16,), compute_capability=(9, 0))
+        asked = []
+
+        class Props:
+            def __init__(self, total):
+                self.total_memory = total
+
+        for total, expected in [(8 << 30, (8 << 30) // 20), (80 << 30, 1 << 30)]:
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+            monkeypatch.setattr(torch.cuda, "get_device_properties",
+                                lambda d, total=total: asked.append(d) or Props(total))
+            assert target_cache_bytes(gpu) == expected
+            vgg = fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None)
+            assert _perceptual_balanced(vgg, gpu).max_bytes == expected
+        assert asked[0] == torch.device("cuda:0")
+
+
 class TestCachedPHEdges:
     """What a careless change to CachedPH would break silently (found by mutation testing)."""
 
