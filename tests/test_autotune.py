@@ -60,8 +60,9 @@ class TestAutotune:
     def test_drops_a_slow_candidate_and_fails_a_wrong_one(self):
         x, y = data()
         result = fastloss.autotune(
-            Sleepy(0.02), x, y, time_budget=30, steps=4, rounds=2,  # sleeps far apart: ratios that hold under load
-            candidates={"slow": Sleepy(0.5), "wrong": Sleepy(0.0, scale=2.0), "good": Sleepy(0.0)},
+            # sleeps far apart: ratios that hold when a starved CI machine stalls a step by tens of ms
+            Sleepy(0.05), x, y, time_budget=30, steps=4, rounds=2,
+            candidates={"slow": Sleepy(0.5), "wrong": Sleepy(0.02, scale=2.0), "good": Sleepy(0.02)},
         )
         status = {c.name: c.status for c in result.candidates}
         assert status["slow"].startswith("dropped:") and "slower on its first step" in status["slow"]
