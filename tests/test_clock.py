@@ -236,6 +236,14 @@ class TestSkippedShapes:
             value = step(loss, (x, y))[0]
             assert value.shape == computed.shape
 
+    def test_a_skipped_step_is_zero_even_for_non_finite_input(self):
+        loss = IntervalLoss(nn.MSELoss(reduction="none"), every=2, offset=1)
+        x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1.0]], requires_grad=True)
+        value = loss(x, torch.zeros(1, 4))
+        value.sum().backward()
+        assert torch.equal(value.detach().abs(), torch.zeros(1, 4)) and torch.equal(x.grad, torch.zeros(1, 4))
+        assert value.dtype == torch.float32 and value.grad_fn is not None  # attached to the graph (DDP)
+
     def test_scheduled_weight_zero_and_one(self):
         loss = ScheduledWeight(nn.L1Loss(reduction="none"), schedules.piecewise([1], [0.0, 1.0]))
         x, y = xy((2, 1))

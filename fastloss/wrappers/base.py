@@ -52,7 +52,7 @@ def zero_loss(input: Tensor, shape: torch.Size | tuple = ()) -> Tensor:
     ``find_unused_parameters``), and ``nan_to_num`` keeps a non-finite input from turning it into NaN.
     Half-precision inputs give a float32 zero, like the losses' own (float32) results.
     """
-    anchor = upcast(torch.nan_to_num(input.sum(), nan=0.0, posinf=0.0, neginf=0.0) * 0)
+    anchor = upcast(torch.nan_to_num(input.sum()) * 0)  # finite (NaN -> 0, inf -> the largest float) times 0
     return anchor.expand(tuple(shape)) if len(shape) else anchor
 
 
