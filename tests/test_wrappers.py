@@ -13,6 +13,7 @@ from torch import nn
 import fastloss
 from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
 from fastloss.losses import topological as topo
+from fastloss.wrappers.base import loss_output_shape
 
 
 class CountingLoss(nn.MSELoss):
@@ -1012,6 +1013,71 @@ class TestCachedPHEdges:
         loss.clear()
         loss.close()  # waits for the one already running
         assert len(calls) <= 1 and loss.cache_info()["entries"] == 0
+
+
+class TestIntervalEdges:
+    def test_default_period_and_active_at_a_given_step(self):
+        loss = IntervalLoss(nn.MSELoss(), offset=1)
+        assert loss.every == 4  # documented default
+        assert [loss.active(s) for s in range(6)] == [False, True, False, False, False, True]
+        assert not loss.active()  # the current step, 0
+
+    def test_offset_must_be_an_int_not_a_bool(self):
+        with pytest.raises(ValueError, match=r"^`offset` must be an int in \[0, 3\], got True$"):
+            IntervalLoss(nn.MSELoss(), every=4, offset=True)
+
+
+class TestBuilderSignatures:
+    def test_which_builders_take_the_capabilities(self):
+        from fastloss.presets import _takes_capabilities
+
+        assert _takes_capabilities(lambda loss, c: loss)
+        assert _takes_capabilities(lambda loss, caps=None: loss)
+        assert _takes_capabilities(lambda loss, *, capabilities: loss)
+        assert not _takes_capabilities(lambda loss, n=4: loss)
+        assert not _takes_capabilities(lambda loss: loss)
+        assert not _takes_capabilities(map)  # a builtin without a signature
+
+
+class TestSkippedStepShapes:
+    """How a skipped step's shape is found: shortcuts for torch's losses, fake tensors for the rest."""
+
+    @pytest.mark.parametrize("loss, shape", [
+        (nn.MSELoss(), ()), (nn.L1Loss(reduction="sum"), ()), (nn.KLDivLoss(reduction="batchmean"), ()),
+        (nn.MSELoss(reduction="none"), (2, 3, 4)), (nn.SmoothL1Loss(reduction="none"), (2, 3, 4)),
+    ])
+    def test_torch_losses_never_need_fake_tensors(self, monkeypatch, loss, shape):
+        import torch._subclasses.fake_tensor as fake
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("FakeTensorMode used for a loss whose shape is known")
+
+        monkeypatch.setattr(fake, "FakeTensorMode", refuse)
+        x, y = torch.rand(2, 3, 4), torch.rand(1, 3, 4)  # broadcasting
+        assert loss_output_shape(loss, x, y) == shape
+
+    def test_a_loss_with_a_cpu_buffer_under_downsampling(self):
+        class Weighted(nn.Module):  # no output_shape: found by running it on fake tensors
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("w", torch.tensor([1.0, 2.0]))
+
+            def forward(self, input, target):
+                return ((input - target) ** 2).mean(dim=(2, 3)) * self.w
+
+        loss = IntervalLoss(DownsampledLoss(Weighted(), factor=2), every=2, offset=1)
+        x, y = torch.rand(3, 2, 8, 8, requires_grad=True), torch.rand(3, 2, 8, 8)
+        skipped = loss(x, y)  # DownsampledLoss hands meta tensors down: the fake run must still meet the buffer
+        assert skipped.shape == (3, 2) and torch.equal(skipped.detach(), torch.zeros(3, 2))
+
+    def test_the_error_names_the_cause(self):
+        class Leaves(nn.Module):
+            def forward(self, input, target):
+                return torch.tensor(float(input.detach().numpy().sum()))
+
+        with pytest.raises(TypeError, match=r"returning the shape its forward returns \((RuntimeError|TypeError|"
+                                            r"NotImplementedError|AttributeError|ValueError): "):
+            loss_output_shape(Leaves(), torch.rand(2), torch.rand(2))
 
 
 class TestWarningsNameTheCallersLine:
