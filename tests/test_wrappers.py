@@ -1080,6 +1080,12 @@ class TestSkippedStepShapes:
             loss_output_shape(Leaves(), torch.rand(2), torch.rand(2))
 
 
+def caller(warning):
+    """The file a warning names; under mutation testing (mutmut) its trampoline stands between this test
+    and fastloss, and is the first frame outside fastloss and torch."""
+    return __file__ if "/mutmut/" in warning.filename else warning.filename
+
+
 class TestWarningsNameTheCallersLine:
     """A wrapper's warning is raised frames deep; it must point at the user's line, however deep the stack."""
 
@@ -1089,13 +1095,13 @@ class TestWarningsNameTheCallersLine:
         loss = wrap(AMPLoss(nn.MSELoss(), dtype=torch.float16))  # float16 is emulated on every CPU
         with pytest.warns(UserWarning, match="AMPLoss: torch.float16 is emulated") as rec:
             loss(*batch())
-        assert [w.filename for w in rec if "AMPLoss" in str(w.message)] == [__file__]
+        assert [caller(w) for w in rec if "AMPLoss" in str(w.message)] == [__file__]
 
     def test_cached_ph_checkpoint(self):
         sync = CachedPH(fastloss.TopologicalLoss(), refresh_every=1)
         with pytest.warns(UserWarning, match="CachedPH: the checkpoint") as rec:
             sync.load_state_dict(CachedPH(fastloss.TopologicalLoss(), refresh_every=3).state_dict())
-        assert [w.filename for w in rec] == [__file__]
+        assert [caller(w) for w in rec] == [__file__]
 
 
 class TestAMPEdges:
