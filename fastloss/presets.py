@@ -273,8 +273,7 @@ def _cheap_target_side(loss: nn.Module) -> bool:
     engine labels a mask in O(n) (0.3 ms at 256², 0.5 ms at 512²) — less than hashing it for the cache."""
     from . import ph
 
-    backend = getattr(getattr(loss, "config", None), "backend", None)
-    return isinstance(loss, TopologicalLoss) and backend != "cripser" and ph.HAVE_NUMBA
+    return isinstance(loss, TopologicalLoss) and loss.config.backend != "cripser" and ph.HAVE_NUMBA
 
 
 def _topology_balanced(loss: nn.Module) -> nn.Module:

@@ -5,26 +5,13 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import Sleepy, spying_sleepy
 from shapes import ring, soft_prediction
 from torch import nn
 
 import fastloss
 from fastloss import AMPLoss, IntervalLoss
 from fastloss.autotune import AutotuneCandidate, choose
-
-
-class Sleepy(nn.MSELoss):
-    """MSE that takes at least ``seconds`` per call (a fake slow candidate)."""
-
-    preset_kind = "mine"
-
-    def __init__(self, seconds=0.0, scale=1.0):
-        super().__init__()
-        self.seconds, self.scale = seconds, scale
-
-    def forward(self, input, target):
-        time.sleep(self.seconds)
-        return self.scale * super().forward(input, target)
 
 
 def data():
@@ -90,15 +77,9 @@ class TestAutotune:
     def test_emulated_dtype_is_dropped_without_running(self, simulate):
         simulate("avx2-cpu")
         calls = []
-
-        class Spy(Sleepy):
-            def forward(self, input, target):
-                calls.append(1)
-                return super().forward(input, target)
-
         x, y = data()
         result = fastloss.autotune(Sleepy(), x, y, time_budget=30, steps=4, rounds=1,
-                                   candidates={"bf16": AMPLoss(Spy(), dtype=torch.bfloat16)})
+                                   candidates={"bf16": AMPLoss(spying_sleepy(calls), dtype=torch.bfloat16)})
         (entry,) = result.candidates
         assert entry.status.startswith("dropped: bfloat16 is emulated on cpu") and not calls
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from fakes import Sleepy, spying_sleepy
 
 import fastloss
 from benchmarks import compare as compare_cli
@@ -195,33 +196,13 @@ def test_suite_betti_against_the_cpp_reference(tmp_path, capsys):
     assert "speedup vs topolosses (C++ reference)" in out and "| topolosses (C++ reference) (baseline) |" in out
 
 
-class Sleepy(torch.nn.MSELoss):
-    """MSE that sleeps ``seconds`` per call: a deterministic slow candidate."""
-
-    def __init__(self, seconds=0.0):
-        super().__init__()
-        self.seconds = seconds
-
-    def forward(self, input, target):
-        import time
-
-        time.sleep(self.seconds)
-        return super().forward(input, target)
-
-
 class TestEarlyDrop:
     def test_slow_and_emulated_candidates_are_dropped_and_reported(self, simulate, tmp_path):
         simulate("avx2-cpu")
         calls = []
-
-        class Spy(Sleepy):
-            def forward(self, input, target):
-                calls.append(1)
-                return super().forward(input, target)
-
         wl = workloads.perceptual_workload(size=16, batch=1, samples=2, epochs=2)
         # sleeps, not compute, and far apart: a starved CI machine stalls a step by tens of ms, not 0.2 s
-        report = compare(Sleepy(0.05), {"slow": Sleepy(1.0), "bf16": fastloss.AMPLoss(Spy(), dtype=torch.bfloat16),
+        report = compare(Sleepy(0.05), {"slow": Sleepy(1.0), "bf16": fastloss.AMPLoss(spying_sleepy(calls), dtype=torch.bfloat16),
                                         "fine": Sleepy(0.05)}, wl, rounds=2, ladder=False, flops=False)
         slow, bf16, fine = (report.candidates[k] for k in ("slow", "bf16", "fine"))
         assert slow.dropped and "first timed step" in slow.status and slow.first_step_ratio > 5

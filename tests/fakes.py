@@ -1,0 +1,30 @@
+"""Fake losses for the harness and autotune tests: deterministic cost (sleep), chosen error (scale)."""
+
+import time
+
+from torch import nn
+
+
+class Sleepy(nn.MSELoss):
+    """MSE that sleeps ``seconds`` per call and is multiplied by ``scale`` (a fake slow or wrong candidate)."""
+
+    preset_kind = "mine"
+
+    def __init__(self, seconds=0.0, scale=1.0):
+        super().__init__()
+        self.seconds, self.scale = seconds, scale
+
+    def forward(self, input, target):
+        time.sleep(self.seconds)
+        return self.scale * super().forward(input, target)
+
+
+def spying_sleepy(calls: list):
+    """A Sleepy that appends to ``calls`` when run; the list is shared by every copy the harness makes."""
+
+    class Spy(Sleepy):
+        def forward(self, input, target):
+            calls.append(1)
+            return super().forward(input, target)
+
+    return Spy()
