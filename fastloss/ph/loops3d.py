@@ -1,0 +1,571 @@
+"""Every dimension of a 3D map at once: dims 0 and 2 by union-find on explicit cells, dim 1 by a cleared
+coboundary reduction (the scheme of CubicalRipser, shrunk by what dims 0 and 2 give).
+
+Cells live on the padded grid of :class:`fastloss.ph.sort.Filtration` (strides ``S = (sa, sb, 1)``):
+a *V-edge* ``(q, a)`` has corners ``q, q + S[a]``; a *V-square* ``(q, o)`` (normal axis ``o``, spanning
+the other two axes ``u < w``) has corners ``q + i S[u] + j S[w]``; a *V-cube* ``q`` has 8 corners.
+
+- ``"V"``: voxels are vertices; the complex's edges, squares and cubes are the V-cells whose corners
+  are all voxels, each entering at its highest-ranked corner.
+- ``"T"``: voxels are cubes; the complex's cells are dual to the V-cells: a T-vertex is a V-cube, a
+  T-edge a V-square, a T-square a V-edge, a T-cube a voxel; one exists when a corner of its V-cell is a
+  voxel and enters at its lowest-ranked voxel corner.
+
+Either way a cell's value is one voxel's, its *critical voxel* ``p`` (rank ``v``), and the cells sharing
+``p`` are the few V-cells around ``p``. The total order on cells is ``(v, dim, idx)``, ``idx`` the
+cell's place around ``p`` (edges ``2 a + i``: base ``p - i S[a]``; squares ``4 o + 2 i + j``: base
+``p - i S[u] - j S[w]``; cubes ``4 l + 2 i + j``). :func:`cell_keys` writes every edge's and square's
+key ``16 v + idx`` (``16 n``: no such cell): comparing keys is comparing cells.
+
+- dim 0: Kruskal on the 1-skeleton in increasing order (``"V"``: voxels joined by edges,
+  :func:`voxel_forest`; ``"T"``: V-cubes joined by V-squares, :func:`cube_forest`), elder rule.
+- dim 2: Alexander duality, Kruskal on the dual graph in decreasing order with the outside as the
+  eldest node (``"V"``: V-cubes and the outside joined by V-squares; ``"T"``: voxels and the outside
+  joined by V-edges).
+- dim 1 (:func:`loops`): cohomology, columns are the 1-cells (edges; ``"T"``: V-squares) in decreasing
+  order, rows the 2-cells, a column's pivot its earliest row. What the two forests give shrinks it:
+  the 1-cells of the dim-0 forest are cleared (their columns reduce to zero), and the 2-cells of the
+  dual forest never enter as rows (the earliest 2-cell of a non-zero cocycle closes a cycle of the dual
+  graph, so it is never a forest cell: dropping those rows keeps every pivot). What remains is square:
+  one column and one row per dim-1 pair. A column whose pivot's latest column-face is the column
+  itself is an *apparent pair*, final without reduction; those are found by one linear scan of the
+  grid. The other columns are reduced in decreasing order with a heap (entries cancel in pairs, mod
+  2), adding the coboundary of the column that owns the pivot (an apparent column's, or a reduced one
+  kept in a bounded cache).
+
+Every cell of the complex is in exactly one pair (dims 0, 1, 2) or the essential component, so the
+kernels return every pair; the ones of zero persistence (equal levels) are not recorded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import njit
+from .unionfind import find
+
+# the reduced columns kept for reuse: at most this many entries per voxel (bounded memory)
+CACHE_PER_VOXEL = 4
+
+
+@njit
+def _strides(sa: int, sb: int) -> np.ndarray:
+    out = np.empty(3, np.int64)
+    out[0] = sa
+    out[1] = sb
+    out[2] = 1
+    return out
+
+
+@njit
+def _others(o: int) -> tuple[int, int]:
+    """The two axes other than ``o``, ascending."""
+    if o == 0:
+        return 1, 2
+    if o == 1:
+        return 0, 2
+    return 0, 1
+
+
+@njit
+def _before(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the tuple ``a`` comes strictly before ``b`` (lexicographic)."""
+    for i in range(a.size):
+        if a[i] != b[i]:
+            return a[i] < b[i]
+    return False
+
+
+@njit
+def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool):
+    """``(edge_keys, square_keys, cube_keys, edge_places, square_places)``.
+
+    A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
+    ``"V"``; its lowest voxel corner under ``"T"``, ``use_min``: padding has rank ``n``), ``l`` its
+    place among the cells of its family sharing that voxel; ``16 n`` where the cell is not in the
+    complex. Edges are ids ``a * P + q``, squares ``o * P + q``, cubes ``q``. Places order those cells
+    by their other corners' ranks, colexicographically (``"V"``: sorted down, the next-highest first;
+    ``"T"``: sorted up), the order in which a lower star's cells pair off (most pairs are then apparent,
+    see :func:`loops`); ties (padding corners, ``"T"``) by geometric index. ``edge_places[p]`` holds,
+    in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the edge of place ``l``
+    at voxel ``p`` (15: none); ``square_places[p]`` the same for squares (``4 o + 2 i + j``)."""
+    size = rank.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    ekey = np.full(3 * size, big, np.int64)
+    skey = np.full(3 * size, big, np.int64)
+    emap = np.full(size, -1, np.int64)
+    smap = np.full(size, -1, np.int64)
+    tup = np.empty((12, 3), np.int64)
+    geo = np.empty(12, np.int64)
+    other = np.empty(3, np.int64)
+    for p in range(size):
+        k = rank[p]
+        if k >= n:
+            continue
+        # edges whose critical voxel is p, by the other end's rank
+        c = 0
+        for g in range(6):
+            a = g >> 1
+            nb = p + st[a] if g & 1 == 0 else p - st[a]
+            x = rank[nb]
+            if (x <= k) if use_min else (x >= k):
+                continue
+            j = c  # insertion: stable, by rank then geometric index
+            while j > 0 and tup[j - 1, 0] > x:
+                tup[j, 0] = tup[j - 1, 0]
+                geo[j] = geo[j - 1]
+                j -= 1
+            tup[j, 0] = x
+            geo[j] = g
+            c += 1
+        m = np.int64(-1)
+        for l in range(c):
+            g = geo[l]
+            a = g >> 1
+            base = p - (g & 1) * st[a]
+            ekey[a * size + base] = np.int64(k) * 16 + l
+            m = (m & ~(np.int64(15) << (4 * l))) | (np.int64(g) << (4 * l))
+        emap[p] = m
+        # squares whose critical voxel is p, by their other corners' ranks
+        c = 0
+        for g in range(12):
+            o = g >> 2
+            u, w = _others(o)
+            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            ok = True
+            t = 0
+            for i in range(2):
+                for jj in range(2):
+                    q = base + i * st[u] + jj * st[w]
+                    if q == p:
+                        continue
+                    x = rank[q]
+                    if (x <= k) if use_min else (x >= k):
+                        ok = False
+                    other[t] = x
+                    t += 1
+            if not ok:
+                continue
+            x0, x1, x2 = other[0], other[1], other[2]  # sort the three (up for "T", down for "V")
+            if (x0 > x1) if use_min else (x0 < x1):
+                x0, x1 = x1, x0
+            if (x1 > x2) if use_min else (x1 < x2):
+                x1, x2 = x2, x1
+                if (x0 > x1) if use_min else (x0 < x1):
+                    x0, x1 = x1, x0
+            other[0] = x0
+            other[1] = x1
+            other[2] = x2
+            j = c
+            while j > 0 and _before(other, tup[j - 1]):
+                tup[j] = tup[j - 1]
+                geo[j] = geo[j - 1]
+                j -= 1
+            tup[j] = other
+            geo[j] = g
+            c += 1
+        mm = np.int64(-1)
+        for l in range(c):
+            g = geo[l]
+            o = g >> 2
+            u, w = _others(o)
+            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            skey[o * size + base] = np.int64(k) * 16 + l
+            mm = (mm & ~(np.int64(15) << (4 * l))) | (np.int64(g) << (4 * l))
+        smap[p] = mm
+    ckey = np.empty(size, np.int64)
+    s = st[0]
+    for q in range(size):  # a cube's key: its two squares normal to axis 0 decide (elder rule only)
+        if q + s >= size:
+            ckey[q] = big
+            continue
+        s1 = skey[q]
+        s2 = skey[q + s]
+        if use_min:
+            e, l0 = (s1, 0) if s1 < s2 else (s2, 1)
+        else:
+            e, l0 = (s1, 0) if s1 > s2 else (s2, 1)
+            if s1 >= big or s2 >= big:
+                e = big
+        ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
+    return ekey, skey, ckey, emap, smap
+
+
+@njit
+def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: np.ndarray, sa: int, sb: int,
+                 increasing: bool, paired: np.ndarray):
+    """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
+    whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
+    it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. Sets bit ``a``
+    of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
+    of non-zero persistence."""
+    n = porder.size
+    st = _strides(sa, sb)
+    parent = np.empty(n + 1, np.int32)
+    parent[n] = n
+    births = np.empty(n, np.int32)
+    deaths = np.empty(n, np.int32)
+    m = 0
+    for step in range(n):
+        k = step if increasing else n - 1 - step
+        p = porder[k]
+        parent[k] = k
+        root = k
+        places = emap[p]
+        for t in range(6):
+            g = (places >> (4 * (t if increasing else 5 - t))) & 15
+            if g == 15:
+                if increasing:
+                    break
+                continue
+            a = g >> 1
+            nb = p + st[a] if g & 1 == 0 else p - st[a]
+            r = find(parent, rank[nb])
+            if r == root:
+                continue
+            if (r < root) if increasing else (r > root):
+                young = root
+                root = r
+            else:
+                young = r
+            parent[young] = root
+            base = p if g & 1 == 0 else nb
+            paired[base] |= np.uint8(1 << a)
+            if level[young] != level[k]:
+                births[m] = young if increasing else k
+                deaths[m] = k if increasing else young
+                m += 1
+    return births[:m].copy(), deaths[:m].copy()
+
+
+@njit
+def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: np.ndarray, sa: int, sb: int,
+                increasing: bool, paired: np.ndarray):
+    """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
+    (decreasing; a cube outside the complex is the outside node, the eldest), squares in
+    :func:`cell_keys`' order. Sets bit ``3 + o`` of ``paired[q]`` for every forest square ``(q, o)``;
+    returns the pairs of non-zero persistence."""
+    n = porder.size
+    size = ckey.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    parent = np.arange(size + 1).astype(np.int32)
+    births = np.empty(n, np.int32)
+    deaths = np.empty(n, np.int32)
+    m = 0
+    for step in range(n):
+        k = step if increasing else n - 1 - step
+        p = porder[k]
+        places = smap[p]
+        for t in range(12):
+            g = (places >> (4 * (t if increasing else 11 - t))) & 15
+            if g == 15:
+                if increasing:
+                    break
+                continue
+            o = g >> 2
+            u, w = _others(o)
+            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            c1 = base
+            c2 = base - st[o]
+            x = find(parent, c1 if ckey[c1] < big else size)
+            y = find(parent, c2 if ckey[c2] < big else size)
+            if x == y:
+                continue
+            kx = ckey[x] if x < size else big
+            ky = ckey[y] if y < size else big
+            if (kx < ky) if increasing else (kx > ky):
+                elder, young, kyoung = x, y, ky
+            else:
+                elder, young, kyoung = y, x, kx
+            parent[young] = elder
+            paired[base] |= np.uint8(8 << o)
+            vy = kyoung >> 4
+            if level[vy] != level[k]:
+                births[m] = vy if increasing else k
+                deaths[m] = k if increasing else vy
+                m += 1
+    return births[:m].copy(), deaths[:m].copy()
+
+
+@njit
+def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
+            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray) -> int:
+    """The unpaired neighbours of a cell: the squares containing edge ``(q, typ)`` (``of_edge``) or the
+    edges of square ``(q, typ)``; writes their ids and keys, returns how many."""
+    m = 0
+    if of_edge:
+        a = typ
+        for b in range(3):
+            if b == a:
+                continue
+            o = 3 - a - b
+            for h in range(2):
+                base = q - h * st[b]
+                if base < 0:
+                    continue
+                key = skey[o * size + base]
+                if key >= big or (paired[base] >> (3 + o)) & 1:
+                    continue
+                ids[m] = o * size + base
+                keys[m] = key
+                m += 1
+        return m
+    o = typ
+    u, w = _others(o)
+    for h in range(4):
+        if h < 2:
+            a = u
+            base = q + h * st[w]
+        else:
+            a = w
+            base = q + (h - 2) * st[u]
+        if base >= size:
+            continue
+        key = ekey[a * size + base]
+        if key >= big or (paired[base] >> a) & 1:
+            continue
+        ids[m] = a * size + base
+        keys[m] = key
+        m += 1
+    return m
+
+
+@njit
+def _row_id(key: int, edges: bool, porder: np.ndarray, places: np.ndarray, size: int, st: np.ndarray) -> int:
+    """The id of the edge (``edges``) or square of key ``key``: its critical voxel, and its geometric
+    index from ``places`` (:func:`cell_keys`' ``edge_places`` or ``square_places``)."""
+    p = porder[key >> 4]
+    g = (places[p] >> (4 * (key & 15))) & 15
+    if edges:
+        a = g >> 1
+        return a * size + p - (g & 1) * st[a]
+    o = g >> 2
+    u, w = _others(o)
+    return o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+
+
+@njit
+def _heap_push(heap: np.ndarray, size: int, x: int) -> None:
+    i = size
+    heap[i] = x
+    while i > 0:
+        up = (i - 1) >> 1
+        if heap[up] <= x:
+            break
+        heap[i] = heap[up]
+        i = up
+    heap[i] = x
+
+
+@njit
+def _heap_pop(heap: np.ndarray, size: int) -> int:
+    """Remove the minimum (the caller reads ``heap[0]`` first); returns the new size."""
+    size -= 1
+    x = heap[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and heap[c + 1] < heap[c]:
+            c += 1
+        if heap[c] >= x:
+            break
+        heap[i] = heap[c]
+        i = c
+    if size > 0:
+        heap[i] = x
+    return size
+
+
+@njit
+def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
+    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), kept in the
+    heap; pivot -1 when the column is zero."""
+    while size > 0:
+        top = heap[0]
+        size = _heap_pop(heap, size)
+        if size > 0 and heap[0] == top:
+            size = _heap_pop(heap, size)
+            continue
+        _heap_push(heap, size, top)
+        return top, size + 1
+    return -1, 0
+
+
+@njit
+def _grow(a: np.ndarray, need: int) -> np.ndarray:
+    if need <= a.size:
+        return a
+    b = np.empty(max(need, 2 * a.size), a.dtype)
+    b[: a.size] = a
+    return b
+
+
+@njit
+def loops(porder: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray, emap: np.ndarray,
+          smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
+    """dim-1 pairs ``(birth_ranks, death_ranks, unreduced)`` of non-zero persistence, by decreasing birth
+    (column) key; ``unreduced`` counts columns that reduced to zero (none in a box; a check).
+    ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
+    (columns V-squares, rows their V-edges)."""
+    n = porder.size
+    size = paired.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    ckeys = ekey if columns_are_edges else skey
+    cmap = emap if columns_are_edges else smap
+    rmap = smap if columns_are_edges else emap
+    cshift = 0 if columns_are_edges else 3
+    own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
+    ids = np.empty(4, np.int64)
+    keys = np.empty(4, np.int64)
+    ids2 = np.empty(4, np.int64)
+    keys2 = np.empty(4, np.int64)
+    pb = np.empty(1024, np.int64)
+    pd = np.empty(1024, np.int64)
+    m = 0
+    hard = np.empty(1024, np.int64)
+    nh = 0
+    # apparent pairs: one linear scan
+    for typ in range(3):
+        for q in range(size):
+            cid = typ * size + q
+            key = ckeys[cid]
+            if key >= big:
+                continue
+            if (paired[q] >> (cshift + typ)) & 1:
+                continue
+            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            best = 0
+            for t in range(1, r):
+                if keys[t] < keys[best]:
+                    best = t
+            apparent = r > 0
+            if apparent:
+                rt = ids[best] // size
+                c = _around(ids[best] - rt * size, rt, not columns_are_edges, size, st, ekey, skey, paired, big,
+                            ids2, keys2)
+                for t in range(c):
+                    if keys2[t] > key:
+                        apparent = False
+                        break
+            if apparent:
+                own[ids[best]] = cid
+                if level[key >> 4] != level[keys[best] >> 4]:
+                    if m == pb.size:
+                        pb = _grow(pb, m + 1)
+                        pd = _grow(pd, m + 1)
+                    pb[m] = key
+                    pd[m] = keys[best]
+                    m += 1
+            else:
+                if nh == hard.size:
+                    hard = _grow(hard, nh + 1)
+                hard[nh] = key
+                nh += 1
+    # the rest: reduction in decreasing column order
+    hard = np.sort(hard[:nh])
+    cache_at = np.full(3 * size, -1, np.int32)  # per row owned by a cached column: its slot
+    slot_start = np.empty(64, np.int64)
+    slot_len = np.empty(64, np.int64)
+    pool = np.empty(1024, np.int64)
+    used = 0
+    slots = 0
+    cap = CACHE_PER_VOXEL * n
+    heap = np.empty(64, np.int64)
+    unreduced = 0
+    pushes = 0
+    rows_are_edges = not columns_are_edges
+    for h in range(nh - 1, -1, -1):
+        key = hard[h]
+        cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+        ct = cid // size
+        r = _around(cid - ct * size, ct, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+        hsize = 0
+        for t in range(r):
+            _heap_push(heap, hsize, keys[t])
+            hsize += 1
+        added = 0
+        while True:
+            piv, hsize = _pivot(heap, hsize)
+            if piv < 0:
+                unreduced += 1
+                break
+            rid = _row_id(piv, rows_are_edges, porder, rmap, size, st)
+            j = own[rid]
+            if j < 0:
+                own[rid] = cid
+                if level[key >> 4] != level[piv >> 4]:
+                    if m == pb.size:
+                        pb = _grow(pb, m + 1)
+                        pd = _grow(pd, m + 1)
+                    pb[m] = key
+                    pd[m] = piv
+                    m += 1
+                if added > 0 and used + hsize <= cap:  # keep the reduced column (cancelled, sorted)
+                    if slots == slot_start.size:
+                        slot_start = _grow(slot_start, slots + 1)
+                        slot_len = _grow(slot_len, slots + 1)
+                    pool = _grow(pool, used + hsize)
+                    start = used
+                    while True:
+                        x, hsize = _pivot(heap, hsize)
+                        if x < 0:
+                            break
+                        hsize = _heap_pop(heap, hsize)
+                        pool[used] = x
+                        used += 1
+                    slot_start[slots] = start
+                    slot_len[slots] = used - start
+                    cache_at[rid] = slots
+                    slots += 1
+                break
+            added += 1
+            s = cache_at[rid]
+            if s >= 0:
+                heap = _grow(heap, hsize + slot_len[s])
+                for t in range(slot_len[s]):
+                    _heap_push(heap, hsize, pool[slot_start[s] + t])
+                    hsize += 1
+                pushes += slot_len[s]
+            else:
+                jt = j // size
+                c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids2, keys2)
+                heap = _grow(heap, hsize + c)
+                for t in range(c):
+                    _heap_push(heap, hsize, keys2[t])
+                    hsize += 1
+                pushes += c
+    order = np.argsort(-pb[:m])
+    births = np.empty(m, np.int32)
+    deaths = np.empty(m, np.int32)
+    for t in range(m):
+        births[t] = pb[order[t]] >> 4
+        deaths[t] = pd[order[t]] >> 4
+    return births, deaths, np.array([unreduced, nh, pushes, slots, used], np.int64)
+
+
+def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
+    :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
+    (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
+    _, h, w = fl.shape
+    sa, sb = (h + 2) * (w + 2), w + 2
+    n = fl.porder.size
+    t = construction == "T"
+    ekey, skey, ckey, emap, smap = cell_keys(fl.rank, n, sa, sb, t)
+    paired = np.zeros(fl.rank.size, np.uint8)
+    if t:
+        zero = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, False, paired)
+    else:
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
+        two = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
+    del ckey
+    b, d, stats = loops(fl.porder, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+    if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
+        raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
+    return {0: zero, 1: (b, d), 2: two}
