@@ -68,64 +68,68 @@ def _others(o: int) -> tuple[int, int]:
 
 
 @njit
-def _before(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether the tuple ``a`` comes strictly before ``b`` (lexicographic)."""
-    for i in range(a.size):
-        if a[i] != b[i]:
-            return a[i] < b[i]
-    return False
+def _three(x0: int, x1: int, x2: int, x3: int, k: int) -> tuple[int, int, int]:
+    """The three of four corner ranks that are not ``k``."""
+    if x0 == k:
+        return x1, x2, x3
+    if x1 == k:
+        return x0, x2, x3
+    if x2 == k:
+        return x0, x1, x3
+    return x0, x1, x2
 
 
 @njit
-def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool):
-    """``(edge_keys, square_keys, cube_keys, edge_places, square_places)``.
+def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
+              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray) -> None:
+    """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
 
     A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
     ``"V"``; its lowest voxel corner under ``"T"``, ``use_min``: padding has rank ``n``), ``l`` its
     place among the cells of its family sharing that voxel; ``16 n`` where the cell is not in the
-    complex. Edges are ids ``a * P + q``, squares ``o * P + q``, cubes ``q``. Places order those cells
-    by their other corners' ranks, colexicographically (``"V"``: sorted down, the next-highest first;
-    ``"T"``: sorted up), the order in which a lower star's cells pair off (most pairs are then apparent,
-    see :func:`loops`); ties (padding corners, ``"T"``) by geometric index. ``edge_places[p]`` holds,
-    in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the edge of place ``l``
-    at voxel ``p`` (15: none); ``square_places[p]`` the same for squares (``4 o + 2 i + j``)."""
+    complex. Edges are ids ``a * P + q`` (``ekey``, ``3 P``), squares ``o * P + q`` (``skey``), cubes
+    ``q`` (``ckey``, ``P``). Places order those cells by their other corners' ranks,
+    colexicographically (``"V"``: sorted down, the next-highest first; ``"T"``: sorted up; two ranks
+    decide, as three corners make a square), the order in which a lower star's cells pair off (most
+    pairs are then apparent, see :func:`loops`); ties (padding corners, ``"T"``) by geometric index.
+    ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
+    edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
+    """
     size = rank.size
     st = _strides(sa, sb)
-    big = np.int64(n) * 16
-    ekey = np.full(3 * size, big, np.int64)
-    skey = np.full(3 * size, big, np.int64)
-    emap = np.full(size, -1, np.int64)
-    smap = np.full(size, -1, np.int64)
-    tup = np.empty((12, 3), np.int64)
+    big = n * 16
+    ekey[:] = big
+    skey[:] = big
+    sort_key = np.empty(12, np.int64)
     geo = np.empty(12, np.int64)
-    other = np.empty(3, np.int64)
     for p in range(size):
         k = rank[p]
         if k >= n:
+            emap[p] = -1
+            smap[p] = -1
             continue
         # edges whose critical voxel is p, by the other end's rank
         c = 0
         for g in range(6):
             a = g >> 1
             nb = p + st[a] if g & 1 == 0 else p - st[a]
-            x = rank[nb]
+            x = np.int64(rank[nb])
             if (x <= k) if use_min else (x >= k):
                 continue
             j = c  # insertion: stable, by rank then geometric index
-            while j > 0 and tup[j - 1, 0] > x:
-                tup[j, 0] = tup[j - 1, 0]
+            while j > 0 and sort_key[j - 1] > x:
+                sort_key[j] = sort_key[j - 1]
                 geo[j] = geo[j - 1]
                 j -= 1
-            tup[j, 0] = x
+            sort_key[j] = x
             geo[j] = g
             c += 1
         m = np.int64(-1)
-        for l in range(c):
-            g = geo[l]
+        for j in range(c):
+            g = geo[j]
             a = g >> 1
-            base = p - (g & 1) * st[a]
-            ekey[a * size + base] = np.int64(k) * 16 + l
-            m = (m & ~(np.int64(15) << (4 * l))) | (np.int64(g) << (4 * l))
+            ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
+            m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         emap[p] = m
         # squares whose critical voxel is p, by their other corners' ranks
         c = 0
@@ -133,48 +137,57 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool):
             o = g >> 2
             u, w = _others(o)
             base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
-            ok = True
-            t = 0
-            for i in range(2):
-                for jj in range(2):
-                    q = base + i * st[u] + jj * st[w]
-                    if q == p:
-                        continue
-                    x = rank[q]
-                    if (x <= k) if use_min else (x >= k):
-                        ok = False
-                    other[t] = x
-                    t += 1
-            if not ok:
+            # p's two neighbours in the square first: most squares fail there
+            nu = p - st[u] if (g >> 1) & 1 else p + st[u]
+            nw = p - st[w] if g & 1 else p + st[w]
+            yu = rank[nu]
+            yw = rank[nw]
+            if ((yu <= k) or (yw <= k)) if use_min else ((yu >= k) or (yw >= k)):
                 continue
-            x0, x1, x2 = other[0], other[1], other[2]  # sort the three (up for "T", down for "V")
-            if (x0 > x1) if use_min else (x0 < x1):
-                x0, x1 = x1, x0
-            if (x1 > x2) if use_min else (x1 < x2):
-                x1, x2 = x2, x1
-                if (x0 > x1) if use_min else (x0 < x1):
-                    x0, x1 = x1, x0
-            other[0] = x0
-            other[1] = x1
-            other[2] = x2
+            x0 = np.int64(rank[base])
+            x1 = np.int64(rank[base + st[u]])
+            x2 = np.int64(rank[base + st[w]])
+            x3 = np.int64(rank[base + st[u] + st[w]])
+            if use_min:
+                if min(min(x0, x1), min(x2, x3)) != k:
+                    continue
+                # the three other corners, sorted up; the two lowest decide
+                y0, y1, y2 = _three(x0, x1, x2, x3, k)
+                if y0 > y1:
+                    y0, y1 = y1, y0
+                if y1 > y2:
+                    y1, y2 = y2, y1
+                    if y0 > y1:
+                        y0, y1 = y1, y0
+                key = (y0 << 31) | y1
+            else:
+                if max(max(x0, x1), max(x2, x3)) != k:
+                    continue
+                # the three other corners, sorted down; the two highest decide
+                y0, y1, y2 = _three(x0, x1, x2, x3, k)
+                if y0 < y1:
+                    y0, y1 = y1, y0
+                if y1 < y2:
+                    y1, y2 = y2, y1
+                    if y0 < y1:
+                        y0, y1 = y1, y0
+                key = (y0 << 31) | y1
             j = c
-            while j > 0 and _before(other, tup[j - 1]):
-                tup[j] = tup[j - 1]
+            while j > 0 and sort_key[j - 1] > key:
+                sort_key[j] = sort_key[j - 1]
                 geo[j] = geo[j - 1]
                 j -= 1
-            tup[j] = other
+            sort_key[j] = key
             geo[j] = g
             c += 1
         mm = np.int64(-1)
-        for l in range(c):
-            g = geo[l]
+        for j in range(c):
+            g = geo[j]
             o = g >> 2
             u, w = _others(o)
-            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
-            skey[o * size + base] = np.int64(k) * 16 + l
-            mm = (mm & ~(np.int64(15) << (4 * l))) | (np.int64(g) << (4 * l))
+            skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
+            mm = (mm & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         smap[p] = mm
-    ckey = np.empty(size, np.int64)
     s = st[0]
     for q in range(size):  # a cube's key: its two squares normal to axis 0 decide (elder rule only)
         if q + s >= size:
@@ -189,6 +202,18 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool):
             if s1 >= big or s2 >= big:
                 e = big
         ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
+
+
+def new_keys(fl, use_min: bool):
+    """Allocate and fill :func:`cell_keys`' arrays for a :class:`~fastloss.ph.sort.Filtration`:
+    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits."""
+    _, h, w = fl.shape
+    n, size = fl.porder.size, fl.rank.size
+    kt = np.int32 if 16 * n < np.iinfo(np.int32).max else np.int64
+    ekey, skey = np.empty(3 * size, kt), np.empty(3 * size, kt)
+    ckey = np.empty(size, kt)
+    emap, smap = np.empty(size, np.int64), np.empty(size, np.int64)
+    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap)
     return ekey, skey, ckey, emap, smap
 
 
@@ -250,7 +275,12 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     size = ckey.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    parent = np.arange(size + 1).astype(np.int32)
+    # per cube: its parent, or at a root -(key + 1) (one load gives the root and its key); cubes
+    # outside the complex point to the outside (node ``size``, the eldest: key 16 n)
+    node = np.empty(size + 1, np.int64)
+    for q in range(size):
+        node[q] = -(np.int64(ckey[q]) + 1) if ckey[q] < big else size
+    node[size] = -(big + 1)
     births = np.empty(n, np.int32)
     deaths = np.empty(n, np.int32)
     m = 0
@@ -267,19 +297,17 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
             o = g >> 2
             u, w = _others(o)
             base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
-            c1 = base
-            c2 = base - st[o]
-            x = find(parent, c1 if ckey[c1] < big else size)
-            y = find(parent, c2 if ckey[c2] < big else size)
+            x = _root(node, base)
+            y = _root(node, base - st[o])
             if x == y:
                 continue
-            kx = ckey[x] if x < size else big
-            ky = ckey[y] if y < size else big
+            kx = -node[x] - 1
+            ky = -node[y] - 1
             if (kx < ky) if increasing else (kx > ky):
                 elder, young, kyoung = x, y, ky
             else:
                 elder, young, kyoung = y, x, kx
-            parent[young] = elder
+            node[young] = elder
             paired[base] |= np.uint8(8 << o)
             vy = kyoung >> 4
             if level[vy] != level[k]:
@@ -290,6 +318,20 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
 
 
 @njit
+def _root(node: np.ndarray, x: int) -> int:
+    """Root of ``x`` in a forest whose roots hold negative keys, halving the path on the way."""
+    while True:
+        p = node[x]
+        if p < 0:
+            return x
+        g = node[p]
+        if g < 0:
+            return p
+        node[x] = g
+        x = g
+
+
+@njit(inline=True)
 def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
             paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray) -> int:
     """The unpaired neighbours of a cell: the squares containing edge ``(q, typ)`` (``of_edge``) or the
@@ -556,7 +598,7 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     sa, sb = (h + 2) * (w + 2), w + 2
     n = fl.porder.size
     t = construction == "T"
-    ekey, skey, ckey, emap, smap = cell_keys(fl.rank, n, sa, sb, t)
+    ekey, skey, ckey, emap, smap = new_keys(fl, t)
     paired = np.zeros(fl.rank.size, np.uint8)
     if t:
         zero = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)

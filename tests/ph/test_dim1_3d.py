@@ -147,7 +147,7 @@ class TestKernels:
         _, h, w = fl.shape
         sa, sb, n = (h + 2) * (w + 2), w + 2, fl.porder.size
         t = construction == "T"
-        ekey, skey, ckey, emap, smap = loops3d.cell_keys(fl.rank, n, sa, sb, t)
+        ekey, skey, ckey, emap, smap = loops3d.new_keys(fl, t)
         big = 16 * n
         paired = np.zeros(fl.rank.size, np.uint8)
         if t:
