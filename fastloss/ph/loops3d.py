@@ -596,7 +596,6 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
-    n = fl.porder.size
     t = construction == "T"
     ekey, skey, ckey, emap, smap = new_keys(fl, t)
     paired = np.zeros(fl.rank.size, np.uint8)
