@@ -81,7 +81,7 @@ def _three(x0: int, x1: int, x2: int, x3: int, k: int) -> tuple[int, int, int]:
 
 @njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
-              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray) -> None:
+              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool) -> None:
     """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
 
     A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
@@ -92,6 +92,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     colexicographically (``"V"``: sorted down, the next-highest first; ``"T"``: sorted up; two ranks
     decide, as three corners make a square), the order in which a lower star's cells pair off (most
     pairs are then apparent, see :func:`loops`); ties (padding corners, ``"T"``) by geometric index.
+    ``by_index``: places by cell index instead (base position, then type), Betti-Matching-3D's order
+    for cells of equal value (so that Betti matching reproduces it).
     ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
     edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
     """
@@ -116,6 +118,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             x = np.int64(rank[nb])
             if (x <= k) if use_min else (x >= k):
                 continue
+            if by_index:
+                x = (p - (g & 1) * st[a]) * 4 + a
             j = c  # insertion: stable, by rank then geometric index
             while j > 0 and sort_key[j - 1] > x:
                 sort_key[j] = sort_key[j - 1]
@@ -172,6 +176,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
                     if y0 < y1:
                         y0, y1 = y1, y0
                 key = (y0 << 31) | y1
+            if by_index:
+                key = base * 4 + o
             j = c
             while j > 0 and sort_key[j - 1] > key:
                 sort_key[j] = sort_key[j - 1]
@@ -204,7 +210,7 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
 
 
-def new_keys(fl, use_min: bool):
+def new_keys(fl, use_min: bool, by_index: bool = False):
     """Allocate and fill :func:`cell_keys`' arrays for a :class:`~fastloss.ph.sort.Filtration`:
     ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits."""
     _, h, w = fl.shape
@@ -213,7 +219,7 @@ def new_keys(fl, use_min: bool):
     ekey, skey = np.empty(3 * size, kt), np.empty(3 * size, kt)
     ckey = np.empty(size, kt)
     emap, smap = np.empty(size, np.int64), np.empty(size, np.int64)
-    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap)
+    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index)
     return ekey, skey, ckey, emap, smap
 
 
@@ -447,20 +453,20 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit
-def loops(porder: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray, emap: np.ndarray,
-          smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
-    """dim-1 pairs ``(birth_ranks, death_ranks, unreduced)`` of non-zero persistence, by decreasing birth
-    (column) key; ``unreduced`` counts columns that reduced to zero (none in a box; a check).
+def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
+          emap: np.ndarray, smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
+    """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
+    the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
+    columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
+    reduced columns cached and their entries.
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
     (columns V-squares, rows their V-edges)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    ckeys = ekey if columns_are_edges else skey
     cmap = emap if columns_are_edges else smap
     rmap = smap if columns_are_edges else emap
-    cshift = 0 if columns_are_edges else 3
     own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -471,15 +477,104 @@ def loops(porder: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndar
     m = 0
     hard = np.empty(1024, np.int64)
     nh = 0
-    # apparent pairs: one linear scan
-    for typ in range(3):
-        for q in range(size):
-            cid = typ * size + q
-            key = ckeys[cid]
-            if key >= big:
+    # apparent pairs: one linear scan over the voxels. Most columns find their pivot among the cells of
+    # their own critical voxel p (the earliest possible rows), and whether it is apparent is decided
+    # there too (the other faces / cofaces of the pivot have earlier keys): places and paired bits
+    # only, no key lookups. The others look their rows up (_around).
+    eg = np.empty(6, np.int64)  # per place at p: geometric index, paired
+    ep = np.empty(6, np.bool_)
+    sg = np.empty(12, np.int64)
+    sp = np.empty(12, np.bool_)
+    se1 = np.empty(12, np.int64)  # per square place: its two edges at p (geometric)
+    se2 = np.empty(12, np.int64)
+    eplace = np.empty(6, np.int64)  # per geometric edge: its place at p (-1: none)
+    for p in range(size):
+        k = rank[p]
+        if k >= n:
+            continue
+        places = emap[p]
+        ce = 0
+        for g in range(6):
+            eplace[g] = -1
+        for j in range(6):
+            g = (places >> (4 * j)) & 15
+            if g == 15:
+                break
+            a = g >> 1
+            eg[j] = g
+            ep[j] = (paired[p - (g & 1) * st[a]] >> a) & 1 == 1
+            eplace[g] = j
+            ce += 1
+        places = smap[p]
+        cs = 0
+        for j in range(12):
+            g = (places >> (4 * j)) & 15
+            if g == 15:
+                break
+            o = g >> 2
+            u, w = _others(o)
+            iu = (g >> 1) & 1
+            iw = g & 1
+            sg[j] = g
+            sp[j] = (paired[p - iu * st[u] - iw * st[w]] >> (3 + o)) & 1 == 1
+            se1[j] = 2 * u + iu
+            se2[j] = 2 * w + iw
+            cs += 1
+        for l in range(ce if columns_are_edges else cs):  # noqa: E741 - a place, as in cell_keys
+            if ep[l] if columns_are_edges else sp[l]:
+                continue  # cleared
+            key = np.int64(k) * 16 + l
+            local = -1  # the pivot's place at p
+            apparent = False
+            if columns_are_edges:  # "V": rows are the squares at p containing the edge
+                g = eg[l]
+                for j in range(cs):
+                    if not sp[j] and (se1[j] == g or se2[j] == g):
+                        local = j
+                        break
+                if local >= 0:
+                    other = eplace[se2[local]] if se1[local] == g else eplace[se1[local]]
+                    apparent = ep[other] or other < l
+                    g = sg[local]
+                    o = g >> 2
+                    u, w = _others(o)
+                    row = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+                    g = eg[l]
+                    a = g >> 1
+                    cid = a * size + p - (g & 1) * st[a]
+            else:  # "T": rows are the square's two edges at p
+                l1 = eplace[se1[l]]
+                l2 = eplace[se2[l]]
+                if ep[l1]:
+                    local = -1 if ep[l2] else l2
+                else:
+                    local = l1 if (ep[l2] or l1 < l2) else l2
+                if local >= 0:
+                    ge = eg[local]
+                    apparent = True
+                    for j in range(l + 1, cs):
+                        if not sp[j] and (se1[j] == ge or se2[j] == ge):
+                            apparent = False
+                            break
+                    a = ge >> 1
+                    row = a * size + p - (ge & 1) * st[a]
+                    g = sg[l]
+                    o = g >> 2
+                    u, w = _others(o)
+                    cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            if local >= 0:
+                if apparent:  # zero persistence: nothing to record but the owner
+                    own[row] = cid
+                else:
+                    if nh == hard.size:
+                        hard = _grow(hard, nh + 1)
+                    hard[nh] = key
+                    nh += 1
                 continue
-            if (paired[q] >> (cshift + typ)) & 1:
-                continue
+            # the pivot lies elsewhere: look the rows up
+            cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+            typ = cid // size
+            q = cid - typ * size
             r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
             best = 0
             for t in range(1, r):
@@ -582,22 +677,32 @@ def loops(porder: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndar
                     hsize += 1
                 pushes += c
     order = np.argsort(-pb[:m])
-    births = np.empty(m, np.int32)
-    deaths = np.empty(m, np.int32)
+    births = np.empty(m, np.int64)
+    deaths = np.empty(m, np.int64)
     for t in range(m):
-        births[t] = pb[order[t]] >> 4
-        deaths[t] = pd[order[t]] >> 4
+        births[t] = pb[order[t]]
+        deaths[t] = pd[order[t]]
     return births, deaths, np.array([unreduced, nh, pushes, slots, used], np.int64)
 
 
-def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
-    :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
-    (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
+class Complex:
+    """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places, forest bits,
+    and its dim-0/1/2 pairs."""
+
+    __slots__ = ("ckey", "construction", "dims", "ekey", "emap", "fl", "paired", "sa", "sb", "skey", "smap")
+
+    def cell_ids(self, keys: np.ndarray, edges: bool) -> np.ndarray:
+        """Ids (``type * P + q``) of the edges (``edges``) or squares of the given keys."""
+        return cell_ids(keys, edges, self.fl.porder, self.emap if edges else self.smap, self.sa, self.sb)
+
+
+def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
+    """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
+    (``by_index``: see :func:`cell_keys`)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     t = construction == "T"
-    ekey, skey, ckey, emap, smap = new_keys(fl, t)
+    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
     paired = np.zeros(fl.rank.size, np.uint8)
     if t:
         zero = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)
@@ -605,8 +710,147 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     else:
         zero = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
         two = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
-    del ckey
-    b, d, stats = loops(fl.porder, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
-    return {0: zero, 1: (b, d), 2: two}
+    c = Complex()
+    c.fl, c.construction, c.sa, c.sb = fl, construction, sa, sb
+    c.ekey, c.skey, c.ckey, c.emap, c.smap, c.paired = ekey, skey, ckey, emap, smap, paired
+    c.dims = {0: zero, 1: (b, d), 2: two}
+    return c
+
+
+def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
+    :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
+    (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
+    c = complex_of(fl, construction)
+    b, d = c.dims[1]
+    return {0: c.dims[0], 1: ((b >> 4).astype(np.int32), (d >> 4).astype(np.int32)), 2: c.dims[2]}
+
+
+@njit
+def cell_ids(keys: np.ndarray, edges: bool, porder: np.ndarray, places: np.ndarray, sa: int, sb: int) -> np.ndarray:
+    """:func:`_row_id` of every key."""
+    st = _strides(sa, sb)
+    out = np.empty(keys.size, np.int64)
+    for i in range(keys.size):
+        out[i] = _row_id(keys[i], edges, porder, places, places.size, st)
+    return out
+
+
+@njit
+def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray, c_porder: np.ndarray,
+                 c_places2: np.ndarray, x_keys1: np.ndarray, x_paired: np.ndarray, x_porder: np.ndarray,
+                 x_places1: np.ndarray, n: int, sa: int, sb: int, squares: bool) -> np.ndarray:
+    """Image persistence of a map X in the comparison image C (sublevel sets of X inside C's): per
+    2-cell id of C, the 1-cell (id) its column's pivot is in the reduction of C's boundary matrix with
+    columns in C's order and rows in X's order (-1: no column). A C bar dying at a 2-cell is induced
+    from the X bar born at that 1-cell (Betti matching's image pairs).
+
+    Homology, columns by increasing C key, pivot a column's latest face in X's order; clearing: C's dual
+    forest 2-cells (they reduce to zero: the column space is C's) are no columns, X's dim-0 forest
+    1-cells are no rows (a cycle's latest 1-cell in X's order is never in X's forest). ``squares``:
+    ``"V"`` (2-cells are V-squares, faces their V-edges); else ``"T"`` (2-cells V-edges, faces the
+    V-squares containing them). Apparent pairs (a column is its pivot's earliest coface in C) are
+    taken in one linear scan, the rest reduced with a heap (of ``16 n - key``: latest first)."""
+    size = c_paired.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    own = np.full(3 * size, -1, np.int64)  # per 1-cell: the column whose pivot it is
+    out = np.full(3 * size, -1, np.int64)
+    ids = np.empty(4, np.int64)
+    keys = np.empty(4, np.int64)
+    ids2 = np.empty(4, np.int64)
+    keys2 = np.empty(4, np.int64)
+    hard = np.empty(1024, np.int64)
+    nh = 0
+    shift = 3 if squares else 0  # C's dual-forest bits for the 2-cells
+    for typ in range(3):
+        for q in range(size):
+            cid = typ * size + q
+            key = c_keys2[cid]
+            if key >= big or (c_paired[q] >> (shift + typ)) & 1:
+                continue
+            r = _around(q, typ, not squares, size, st, x_keys1 if squares else c_keys2,
+                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+            best = -1
+            for t in range(r):
+                if best < 0 or keys[t] > keys[best]:
+                    best = t
+            apparent = best >= 0
+            if apparent:
+                rt = ids[best] // size
+                c = _around(ids[best] - rt * size, rt, squares, size, st, c_keys1 if squares else c_keys2,
+                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2)
+                for t in range(c):
+                    if keys2[t] < key:
+                        apparent = False
+                        break
+            if apparent:
+                own[ids[best]] = cid
+                out[cid] = ids[best]
+            else:
+                if nh == hard.size:
+                    hard = _grow(hard, nh + 1)
+                hard[nh] = key
+                nh += 1
+    hard = np.sort(hard[:nh])
+    heap = np.empty(64, np.int64)
+    for h in range(nh):
+        key = hard[h]
+        cid = _row_id(key, not squares, c_porder, c_places2, size, st)
+        ct = cid // size
+        r = _around(cid - ct * size, ct, not squares, size, st, x_keys1 if squares else c_keys2,
+                    c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+        hsize = 0
+        for t in range(r):
+            _heap_push(heap, hsize, big - keys[t])
+            hsize += 1
+        while True:
+            piv, hsize = _pivot(heap, hsize)
+            if piv < 0:  # pragma: no cover - C's non-forest 2-cells never reduce to zero
+                break
+            rid = _row_id(big - piv, squares, x_porder, x_places1, size, st)
+            j = own[rid]
+            if j < 0:
+                own[rid] = cid
+                out[cid] = rid
+                break
+            jt = j // size
+            c = _around(j - jt * size, jt, not squares, size, st, x_keys1 if squares else c_keys2,
+                        c_keys2 if squares else x_keys1, x_paired, big, ids2, keys2)
+            heap = _grow(heap, hsize + c)
+            for t in range(c):
+                _heap_push(heap, hsize, big - keys2[t])
+                hsize += 1
+    return out
+
+
+def image_of(c: Complex, x: Complex) -> np.ndarray:
+    """:func:`image_pivots` of map ``x`` in the comparison image ``c`` (same shape and construction)."""
+    sq = c.construction == "V"
+    one = (lambda m: m.ekey) if sq else (lambda m: m.skey)
+    two = (lambda m: m.skey) if sq else (lambda m: m.ekey)
+    places1 = x.emap if sq else x.smap
+    places2 = c.smap if sq else c.emap
+    return image_pivots(two(c), one(c), c.paired, c.fl.porder, places2, one(x), x.paired, x.fl.porder, places1,
+                        c.fl.porder.size, c.sa, c.sb, sq)
+
+
+def loop_matching(p: Complex, t: Complex, c: Complex) -> tuple[np.ndarray, np.ndarray]:
+    """Betti matching of dim 1: rows of ``p.dims[1]`` and ``t.dims[1]`` matched to each other. A bar of
+    C (dying at 2-cell s) is induced from the bar of P born at the pivot of s's column in the image
+    reduction of P in C, and from T's likewise; when both are bars (non-zero persistence), they match."""
+    sq = c.construction == "V"
+    _, c_death = c.dims[1]
+    s = c.cell_ids(c_death, not sq)
+    found = []
+    for x in (p, t):
+        births, _ = x.dims[1]
+        bar_at = np.full(3 * x.fl.rank.size, -1, np.int64)
+        bar_at[x.cell_ids(births, sq)] = np.arange(len(births))
+        pivot = image_of(c, x)[s]
+        found.append(np.where(pivot >= 0, bar_at[np.maximum(pivot, 0)], -1))
+    both = (found[0] >= 0) & (found[1] >= 0)
+    return found[0][both], found[1][both]

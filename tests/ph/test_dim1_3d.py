@@ -156,7 +156,7 @@ class TestKernels:
         else:
             loops3d.voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
             loops3d.cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
-        *_, stats = loops3d.loops(fl.porder, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+        *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
         bits = np.unpackbits(paired[:, None], axis=1, bitorder="little")
         edge_forest, square_forest = int(bits[:, :3].sum()), int(bits[:, 3:6].sum())
         edges, squares = int((ekey < big).sum()), int((skey < big).sum())
