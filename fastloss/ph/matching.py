@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._jit import require_numba
 from . import loops3d
+from ._jit import require_numba
 from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels
 from .diagram import native_dims
 from .induced import dual_bars, dual_match, primal_bars, primal_match
