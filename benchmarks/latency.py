@@ -249,6 +249,15 @@ def betti_main(args: argparse.Namespace) -> int:
         ratio = b / a
         print(f"| {size}x{size} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
               f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+    for size in args.sizes3d:  # 3D: every dim (dim 1 by reduction)
+        x, t = next(workloads.topology_workload(size=size, batch=args.batch, samples=args.batch, epochs=1,
+                                                dim=3).trajectory())
+        times = interleaved({"ours": lambda x=x, t=t: training_step(ours, x, t),
+                             "ref": lambda x=x, t=t: training_step(ref, x, t)}, args.rounds)
+        a, b = times["ours"] * 1e3, times["ref"] * 1e3
+        ratio = b / a
+        print(f"| {size}^3 | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
+              f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
     print("\n| numba cache | first call s (import excluded) | second call s |\n|---|---|---|")
     for state, first, second in compile_times():
         print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
@@ -266,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--min-run-time", type=float, default=2.0)
     parser.add_argument("--ph", action="store_true", help="native PH engine vs cripser, per map (see above)")
-    parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph")
+    parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph and --betti")
     parser.add_argument("--memory", action="store_true",
                         help="with --ph: peak memory of a 3D loss call per --sizes3d, and 3D first-call compile times")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --ph and --betti")

@@ -367,8 +367,7 @@ class TopologicalLoss(nn.Module):
         betti: a topological prior ``(beta_0, beta_1, ...)`` used instead of a target mask
             (call with ``target=None``).
         backend: persistent-homology engine. ``"auto"`` (default): the native engine
-            (:mod:`fastloss.ph`, numba), except for 3D maps with dim 1, which go to cripser whole (the
-            native dim 1 is exact but measured 0.81x cripser's speed at 64^3); cripser without numba.
+            (:mod:`fastloss.ph`, numba; every dim of 2D and 3D maps), cripser without numba.
             ``"native"``: the native engine only (``ImportError`` without numba). ``"cripser"``: cripser for
             everything (the reference). The target's Betti numbers come from labelling the mask
             unless ``"cripser"``. The loss value is the same with every backend, the gradient too

@@ -197,10 +197,7 @@ def cripser_diagram(f: np.ndarray, construction: str = "V", maxdim: int | None =
 def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
     """Which engine computes ``dims`` of an ``ndim``-D map: ``"native"`` or ``"cripser"``.
 
-    ``"auto"`` is native where numba is present, except for dim 1 of 3D maps, which goes to cripser
-    (measured at 64^3 on the topology workload, 1 thread, 11 interleaved rounds on a shared 2-core AMD EPYC:
-    the native dims 0+1+2 took 0.81x [0.76, 0.91] of cripser's speed; ``backend="native"`` computes it).
-    Without numba, cripser.
+    ``"auto"`` is native wherever numba is present (every dimension of 2D and 3D maps), else cripser.
     """
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}")
@@ -216,8 +213,6 @@ def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
             raise ValueError(f"backend='native' computes dims {list(native_dims(ndim))} of {ndim}D maps, got dims "
                              f"{sorted(dims)}")
         return "native"
-    if ndim == 3 and 1 in dims:
-        return "cripser"
     return "native" if covered and HAVE_NUMBA else "cripser"
 
 
@@ -226,7 +221,7 @@ def persistence(f: np.ndarray, construction: str = "V", dims: Iterable[int] | No
     """The persistence diagram of the sublevel filtration of ``f`` restricted to ``dims`` (default all).
 
     ``backend``: ``"native"`` (this package's kernels; every dim of 2D and 3D maps), ``"cripser"``, or
-    ``"auto"`` (native where numba is present, but cripser for dim 1 of 3D maps: see :func:`resolve`).
+    ``"auto"`` (native where numba is present, else cripser).
     ``threads``: the native engine may run its two passes concurrently (same result).
     """
     f = np.asarray(f)

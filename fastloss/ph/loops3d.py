@@ -283,9 +283,9 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     big = np.int64(n) * 16
     # per cube: its parent, or at a root -(key + 1) (one load gives the root and its key); cubes
     # outside the complex point to the outside (node ``size``, the eldest: key 16 n)
-    node = np.empty(size + 1, np.int64)
+    node = np.empty(size + 1, ckey.dtype)  # int32 while keys are (16 n < 2**31)
     for q in range(size):
-        node[q] = -(np.int64(ckey[q]) + 1) if ckey[q] < big else size
+        node[q] = -(ckey[q] + 1) if ckey[q] < big else size
     node[size] = -(big + 1)
     births = np.empty(n, np.int32)
     deaths = np.empty(n, np.int32)

@@ -203,8 +203,8 @@ class TestLoss:
         b = topological_loss(pred, target, construction=construction, backend="cripser", reduction="none")
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
 
-    def test_native_covers_every_dim(self):
-        assert ph.resolve("native", 3, ALL) == "native" and ph.resolve("native", 2, (0, 1)) == "native"
+    def test_auto_is_native_for_every_dim(self):
+        assert ph.resolve("auto", 3, ALL) == "native" and ph.resolve("native", 3, ALL) == "native"
         loss = fastloss.TopologicalLoss(backend="native")
         x = torch.rand(1, 1, 6, 6, 6)
         assert torch.isfinite(loss(x, (x > 0.5).float()))
