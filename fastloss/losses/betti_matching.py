@@ -53,9 +53,15 @@ from torch import Tensor, nn
 
 from .. import ph as engine
 from .._validation import (
+    as_tuple,
+    check_bool,
     check_choice,
+    check_construction,
     check_finite,
+    check_floats,
+    check_ints,
     check_ndim,
+    check_number,
     check_pair,
     check_positive_int,
     check_range,
@@ -65,7 +71,7 @@ from .._validation import (
     upcast,
 )
 from ..ph import matching as bm
-from .topological import _to_numpy, run_per_map
+from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, to_numpy
 
 __all__ = [
     "BettiMatchingConfig",
@@ -75,7 +81,6 @@ __all__ = [
     "match_selection",
 ]
 
-CONSTRUCTIONS = ("V", "T")
 FILTRATIONS = ("superlevel", "sublevel")
 
 
@@ -114,24 +119,6 @@ def match_selection(m: bm.Matching) -> MatchSelection:
     )
 
 
-def _floats(name: str, value: object, length: int | None = None) -> tuple[float, ...]:
-    """A tuple of finite non-negative floats (of ``length`` entries when given)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of floats, got {type(value).__name__} ({value!r})")
-    if length is not None and len(value) != length:
-        raise ValueError(f"`{name}` must have {length} entries, got {len(value)} ({tuple(value)!r})")
-    if not value:
-        raise ValueError(f"`{name}` must not be empty, got {tuple(value)!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"`{name}` must hold floats, got {type(v).__name__} ({v!r}) in {tuple(value)!r}")
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"`{name}` must hold finite non-negative floats, got {tuple(value)!r}")
-        out.append(float(v))
-    return tuple(out)
-
-
 def _check_values(name: str, x: Tensor, what: str | None) -> None:
     """:func:`check_finite`, then :func:`check_range` to [0, 1] unless ``what`` is None, with their
     messages, in one pass over ``x`` when it passes (one ``aminmax``; NaN and inf show in it)."""
@@ -161,27 +148,18 @@ class BettiMatchingConfig:
 
     def __post_init__(self) -> None:
         engine.require_numba()
-        check_choice("construction", self.construction, CONSTRUCTIONS)
+        check_construction(self.construction)
         check_choice("filtration", self.filtration, FILTRATIONS)
         check_reduction(self.reduction)
         if self.workers is not None:
             check_positive_int("workers", self.workers)
-        if self.dims is not None:
-            if not isinstance(self.dims, tuple) or not self.dims or not all(
-                isinstance(d, int) and not isinstance(d, bool) for d in self.dims
-            ):
-                raise ValueError(f"`dims` must be a non-empty sequence of ints, got {self.dims!r}")
+        object.__setattr__(self, "dims", check_ints("dims", self.dims))
         for name in ("from_logits", "push_unmatched_to_1_0"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be a bool, got {type(getattr(self, name)).__name__}")
-        t = self.barcode_length_threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"`barcode_length_threshold` must be a float, got {type(t).__name__} ({t!r})")
-        if not math.isfinite(t) or t < 0:
-            raise ValueError(f"`barcode_length_threshold` must be a finite float >= 0, got {t!r}")
-        object.__setattr__(self, "topology_weights", _floats("topology_weights", self.topology_weights, 2))
+            check_bool(name, getattr(self, name))
+        check_number("barcode_length_threshold", self.barcode_length_threshold, 0, kind="float")
+        object.__setattr__(self, "topology_weights", check_floats("topology_weights", self.topology_weights, 2))
         if self.dim_weights is not None:
-            object.__setattr__(self, "dim_weights", _floats("dim_weights", self.dim_weights))
+            object.__setattr__(self, "dim_weights", check_floats("dim_weights", self.dim_weights))
 
     def dims_for(self, spatial_ndim: int) -> tuple[int, ...]:
         """The dims of ``spatial_ndim``-D maps (default every dim): a ValueError outside ``0..ndim-1``."""
@@ -224,8 +202,8 @@ def target_side(cfg: BettiMatchingConfig, g: np.ndarray, dims: tuple[int, ...]) 
     return bm.target_side(g, cfg.construction, dims)
 
 
-def fresh_match(f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...] | None = None) -> MatchSelection:
-    """The exact Betti matching of one prediction map against a target side (``dims``: the side's)."""
+def fresh_match(f: np.ndarray, side: bm.TargetSide) -> MatchSelection:
+    """The exact Betti matching of one prediction map against a target side (its dims are the side's)."""
     return match_selection(bm.betti_matching(f, side))
 
 
@@ -235,7 +213,7 @@ Selector = Callable[[BettiMatchingConfig, np.ndarray, np.ndarray, tuple[int, ...
 
 def exact_matchings(cfg: BettiMatchingConfig, f: np.ndarray, g: np.ndarray, dims) -> list[MatchSelection]:
     """Every map's matching (target side included), in the loss's thread pool."""
-    return run_per_map(lambda i: fresh_match(f[i], target_side(cfg, g[i], dims), dims), len(f), cfg.workers,
+    return run_per_map(lambda i: fresh_match(f[i], target_side(cfg, g[i], dims)), len(f), cfg.workers,
                        "Betti matching")
 
 
@@ -250,12 +228,10 @@ def matching_loss(f: Tensor, g: Tensor, selections: Sequence[MatchSelection], cf
         device, dtype = f.device, f.dtype
 
         def index(name: str) -> Tensor:
-            parts = [getattr(s, name) + i * numel for i, s in enumerate(selections)]
-            return torch.from_numpy(np.concatenate(parts).astype(np.int64)).to(device)
+            return selection_index(selections, name, numel, device)
 
         def owner(name: str) -> Tensor:
-            ids = [np.full(len(getattr(s, name)), i, np.int64) for i, s in enumerate(selections)]
-            return torch.from_numpy(np.concatenate(ids)).to(device)
+            return selection_owner(selections, name, device)
 
         def weights(name: str) -> Tensor | float:
             if cfg.dim_weights is None:
@@ -290,20 +266,16 @@ def _betti_matching_loss(cfg: BettiMatchingConfig, input: object, target: object
     input, target = cfg.check(input, target)
     f, g = cfg.maps(input, target)
     dims = cfg.dims_for(f.ndim - 1)
-    selections = select(cfg, _to_numpy(f), _to_numpy(g), dims)
+    selections = select(cfg, to_numpy(f), to_numpy(g), dims)
     per_map = matching_loss(f, g, selections, cfg).reshape(input.shape[:2])
     return reduce_loss(per_map, cfg.reduction)
-
-
-def _as_tuple(x: Sequence | None) -> tuple | None:
-    return None if x is None else tuple(x)
 
 
 def _config(dims, construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
             barcode_length_threshold, topology_weights, dim_weights) -> BettiMatchingConfig:
     return BettiMatchingConfig(
-        _as_tuple(dims), construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
-        barcode_length_threshold, topology_weights, _as_tuple(dim_weights),
+        as_tuple(dims), construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
+        barcode_length_threshold, topology_weights, as_tuple(dim_weights),
     )
 
 
@@ -404,10 +376,20 @@ class BettiMatchingLoss(nn.Module):
         """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
         return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
 
-    # --- the hooks CachedPH caches through (see fastloss.wrappers.cached_ph) ---------------------
-    def compute_with(self, input: Tensor, target: Tensor, select: Selector) -> Tensor:
+    # --- the hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------------
+    @property
+    def workers(self) -> int | None:
+        return self.config.workers
+
+    def target_key(self) -> str:
+        return self.config.construction
+
+    def uncacheable_reason(self) -> str | None:
+        return None
+
+    def compute_with(self, input: Tensor, target: Tensor, select: SelectionStep) -> Tensor:
         """The loss with ``select`` as its selection step."""
-        return _betti_matching_loss(self.config, input, target, select)
+        return _betti_matching_loss(self.config, input, target, lambda _cfg, f, g, dims: select(f, g, dims))
 
     def target_side(self, g: np.ndarray, dims: tuple[int, ...]) -> bm.TargetSide:
         """The exact target-only part of one map (its filtration, cell orders and barcode)."""
@@ -415,7 +397,14 @@ class BettiMatchingLoss(nn.Module):
 
     def select(self, f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...]) -> MatchSelection:
         """One map's exact matching against a cached target side."""
-        return fresh_match(f, side, dims)
+        return fresh_match(f, side)
+
+    def summary(self) -> str:
+        """The loss and its speed knobs in a few words (for stack descriptions)."""
+        knobs = [f"workers={self.config.workers}"]
+        if getattr(self.config, "backend", None) is not None:
+            knobs.append(f"backend={self.config.backend}")
+        return f"{type(self).__name__}({', '.join(knobs)})"
 
     def extra_repr(self) -> str:
         c = self.config
