@@ -126,6 +126,10 @@ class LossWrapper(nn.Module):
     value or the phase of the wrappers inside them.
     """
 
+    #: whether this wrapper computes exactly what its ``loss`` computes (no change of value, gradient or
+    #: work): a preset's or autotune's outer layer; benchmarks see through it
+    transparent: bool = False
+
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         if not isinstance(loss, nn.Module):
