@@ -51,13 +51,6 @@ class Diagram:
                        self.birth_index[keep], self.death_index[keep])
 
     @staticmethod
-    def concat(shape: tuple[int, ...], parts: list[Diagram]) -> Diagram:
-        if not parts:
-            return Diagram.empty(shape)
-        return Diagram(tuple(shape), *(np.concatenate([getattr(p, k) for p in parts])
-                                       for k in ("dim", "birth", "death", "birth_index", "death_index")))
-
-    @staticmethod
     def empty(shape: tuple[int, ...]) -> Diagram:
         z = np.zeros(0, np.int64)
         return Diagram(tuple(shape), z, z.astype(np.float64), z.astype(np.float64), z, z)
