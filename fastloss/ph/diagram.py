@@ -1,4 +1,6 @@
-"""The :class:`Diagram` type and :func:`persistence`, the one dispatcher between the native kernels and cripser."""
+"""The :class:`Diagram` type and the dispatch between the native kernels and cripser: :func:`resolve` picks
+the engine for a map and its dims, :func:`persistence` (a :class:`Diagram`) and :func:`cripser_diagram`
+(cripser's own rows) run it. fastloss reaches cripser for persistence diagrams only through this module."""
 
 from __future__ import annotations
 
