@@ -13,7 +13,7 @@ The clock counts *training steps*. How it advances is the stack's ``clock`` mode
   before one backward (deep supervision, several heads) share one step.
 - ``"optimizer"`` (set by :meth:`LossWrapper.attach`): once per ``optimizer.step()``. Right for
   gradient accumulation (several backward passes per step).
-- ``"calls"``: once per training call (one call per step; fastloss 0.1's behaviour).
+- ``"calls"``: once per training call (for loops with exactly one call per step).
 - ``"manual"``: only :meth:`~LossWrapper.advance`, :meth:`~LossWrapper.set_step` or writing the buffer.
 
 Calls in eval mode or under ``torch.no_grad()`` never advance the clock.
