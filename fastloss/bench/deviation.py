@@ -28,7 +28,10 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 def low_pass(grad: Tensor, factor: int = 4) -> Tensor:
-    """Average-pool a gradient ``factor`` times (what downsampling keeps)."""
+    """Average-pool a gradient ``factor`` times (what downsampling keeps); a gradient without two or three
+    spatial axes (not ``(N, C, H, W)`` or ``(N, C, D, H, W)``) is returned as it is."""
+    if grad.ndim not in (4, 5):
+        return grad
     pool = F.avg_pool2d if grad.ndim == 4 else F.avg_pool3d
     return pool(grad, factor, ceil_mode=True)
 
@@ -89,7 +92,7 @@ def deviation(
     Example:
         >>> import torch
         >>> from fastloss import IntervalLoss
-        >>> steps = [(torch.rand(1, 4) + i, torch.zeros(1, 4)) for i in range(4)]
+        >>> steps = [(torch.rand(1, 1, 4, 4) + i, torch.zeros(1, 1, 4, 4)) for i in range(4)]
         >>> d = deviation(torch.nn.L1Loss(), IntervalLoss(torch.nn.L1Loss(), every=2), steps)
         >>> d["computed_steps"], d["loss_rel_error"]["max"], round(d["grad_cosine"]["median"], 6)
         (2, 0.0, 1.0)
