@@ -11,7 +11,8 @@ scripts in ``benchmarks/`` are compositions of it):
 - a round's figure for an entry is its mean time per timed step; an entry's speedup in a round is the
   reference's figure over its own, counted only in rounds where both ran (so both saw the same load);
 - early drop: a candidate whose first timed step is more than ``drop_factor`` times the reference's
-  mean step (over the reference's first round) is dropped after that step, with the measured ratio;
+  slowest step of the first round is dropped after that step, with the measured ratio (a yardstick that a
+  stall under load raises, never lowers: the drop is for the tens-of-times slowdowns of emulated dtypes);
 - the deadline: from round ``min_rounds`` on, a round that would not fit (predicted from the last
   round's duration) is not started and, once the deadline has passed, entries left in a round are
   skipped; ``min_rounds`` rounds always run.
@@ -74,12 +75,14 @@ def interleave(
     min_rounds: int = 1,
     deadline: float | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[dict[str, Timing]], bool] | None = None,
 ) -> dict[str, Timing]:
     """Run ``runners`` in interleaved rounds (see the module docstring); returns a :class:`Timing` each.
 
     ``runners[key](r)`` runs entry ``key`` once in round ``r`` and returns its timed steps (seconds), or
     raises :class:`Dropped`. ``warmup[key]()`` runs before the rounds, untimed. ``deadline`` is a
-    ``time.perf_counter()`` value.
+    ``time.perf_counter()`` value. ``stop(timings)``, asked after each round from ``min_rounds`` on, ends
+    the rounds early when it returns True (e.g. once every comparison is decided).
     """
     if reference not in runners:
         raise ValueError(f"`reference` {reference!r} must be one of the runners {list(runners)}")
@@ -113,6 +116,8 @@ def interleave(
         last_round = time.perf_counter() - started
         if timings[reference].rounds[-1] is None:  # no reference this round: nothing more can be compared
             break
+        if stop is not None and r + 1 >= min_rounds and stop(timings):
+            break
     return timings
 
 
@@ -128,16 +133,17 @@ def time_trajectories(
     min_rounds: int = 1,
     deadline: float | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[dict[str, Timing]], bool] | None = None,
 ) -> dict[str, Timing]:
     """Time whole training trajectories (forward + backward per step) of loss ``templates`` in interleaved
     rounds: each round runs a fresh deep copy of each template (cold caches, step 0) over ``trajectory``.
 
     ``drop_factor``: drop an entry of ``droppable`` (default: all but the reference) whose first timed
-    step is more than this many times the reference's mean step over its first round.
+    step is more than this many times the reference's slowest step over its first round.
     """
     clock = StepClock(device)
     droppable = set(templates) - {reference} if droppable is None else set(droppable)
-    yardstick: list[float] = []  # the reference's mean step in round 0
+    yardstick: list[float] = []  # the reference's slowest step in round 0 (stalls under load raise it, never lower it)
     first_ratios: dict[str, float] = {}
 
     def fresh(key: str) -> nn.Module:
@@ -155,7 +161,7 @@ def time_trajectories(
                     if drop_factor is not None and key in droppable and ratio > drop_factor:
                         raise Dropped(f"first timed step {ratio:.1f}x slower than the reference (limit {drop_factor:g}x)")
             if r == 0 and key == reference:
-                yardstick.append(sum(times) / len(times))
+                yardstick.append(max(times))
             return times
 
         return run
@@ -164,7 +170,7 @@ def time_trajectories(
     timings = interleave(
         {k: runner(k) for k in templates}, reference, rounds,
         warmup={k: (lambda k=k: training_step(fresh(k), x0, t0)) for k in templates},
-        min_rounds=min_rounds, deadline=deadline, progress=progress,
+        min_rounds=min_rounds, deadline=deadline, progress=progress, stop=stop,
     )
     for key, ratio in first_ratios.items():
         timings[key].first_step_ratio = ratio
@@ -178,9 +184,11 @@ def time_calls(
     device: torch.device | str = "cpu",
     calls: int = 1,
     reference: str | None = None,
+    warmup: bool = True,
 ) -> dict[str, Timing]:
     """Time single calls of ``fns`` in interleaved rounds (``calls`` timed calls each per round, after one
-    untimed warm-up call); ``reference``: the entry the others' ratios are taken against (default: the first)."""
+    untimed warm-up call unless ``warmup=False``); ``reference``: the entry the others' ratios are taken
+    against (default: the first)."""
     clock = StepClock(torch.device(device))
     runners = {k: (lambda r, fn=fn: [clock(fn) for _ in range(calls)]) for k, fn in fns.items()}
-    return interleave(runners, reference or next(iter(fns)), rounds, warmup=dict(fns))
+    return interleave(runners, reference or next(iter(fns)), rounds, warmup=dict(fns) if warmup else None)
