@@ -6,12 +6,14 @@ from .losses import BettiMatchingLoss, LPIPSLoss, PerceptualLoss, TopologicalLos
 from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
 from .wrappers import (
     AMPLoss,
+    BatchSampledLoss,
     CachedPH,
     CachedTarget,
     DownsampledLoss,
     IntervalLoss,
     LossWrapper,
     ScheduledWeight,
+    TiledLoss,
 )
 
 __version__ = "0.2.0"
@@ -19,6 +21,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AMPLoss",
     "AutotuneResult",
+    "BatchSampledLoss",
     "BettiMatchingLoss",
     "CachedPH",
     "CachedTarget",
@@ -29,6 +32,7 @@ __all__ = [
     "PerceptualLoss",
     "PresetLoss",
     "ScheduledWeight",
+    "TiledLoss",
     "TopologicalLoss",
     "autotune",
     "functional",
