@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: bench test install lint mutate clean
+.PHONY: bench test install docs lint mutate clean
 
 # Install into .venv when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -28,8 +28,12 @@ mutate: $(STAMP)
 	$(VENV)/bin/mutmut results --all true > mutants/results.txt; tail -n 3 mutants/results.txt
 	@echo "per-mutant results: mutants/results.txt; inspect one with: $(VENV)/bin/mutmut show NAME"
 
+# The manual (docs/, mkdocs) into site/; --strict fails on a broken link or anchor, as the tests do.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(PY) -m ruff check fastloss benchmarks tests examples
 
 clean:
-	rm -rf $(VENV) results .pytest_cache mutants
+	rm -rf $(VENV) results .pytest_cache mutants site

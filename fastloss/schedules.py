@@ -11,13 +11,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._validation import check_int, check_number
+
 __all__ = ["Schedule", "constant", "cosine_decay", "delayed", "linear_warmup", "piecewise"]
 
 
-def _check_number(name: str, value: float, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"`{name}` must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
+def _check_number(name: str, value: float) -> float:
+    return check_number(name, value, 0.0)
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,7 @@ class Schedule:
     steps_per_epoch: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps_per_epoch, bool) or not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1:
-            raise ValueError(f"`steps_per_epoch` must be a positive int, got {self.steps_per_epoch!r}")
+        check_int("steps_per_epoch", self.steps_per_epoch, 1, expected="a positive int")
 
     def __call__(self, step: int) -> float:
         return self.at(step / self.steps_per_epoch)

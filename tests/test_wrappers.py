@@ -318,7 +318,7 @@ class TestDownsampledLoss:
 
     @pytest.mark.parametrize("kwargs, message", [
         ({"mode": "nearest"}, "`mode` must be one of ['area', 'bilinear', 'max'], got 'nearest'"),
-        ({"factor": 0}, "`factor` must be a positive int or 1 positive ints, got 0"),
+        ({"factor": 0}, "`factor` must be >= 1, got 0"),  # issue 16 item 7: the old "or 1 positive ints" read wrong
         ({"factor": 2, "size": (4, 4)}, "give either `factor` or `size`, not both"),
     ])
     def test_bad_arguments(self, kwargs, message):

@@ -29,7 +29,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_images, check_input_range, check_reduction, reduce_loss, upcast
+from .._validation import (
+    check_bool,
+    check_float_dtype,
+    check_images,
+    check_input_range,
+    check_int,
+    check_reduction,
+    reduce_loss,
+    upcast,
+)
 from .._warnings import warn
 
 __all__ = ["FeatureLoss", "to_unit_range"]
@@ -75,8 +84,7 @@ class FeatureLoss(nn.Module):
     def _configure(self, channels_last: bool | None, compute_dtype: torch.dtype | None) -> None:
         """Apply the fast-path settings given to the constructor (call once the backbone exists)."""
         if channels_last is not None:
-            if not isinstance(channels_last, bool):
-                raise TypeError(f"`channels_last` must be a bool or None, got {type(channels_last).__name__}")
+            check_bool("channels_last", channels_last, allow_none=True)
             self.explicit["channels_last"] = channels_last
             self.use_channels_last(channels_last)
         if compute_dtype is not None:
@@ -112,8 +120,7 @@ class FeatureLoss(nn.Module):
 
         Inputs are cast to it on entry; distances and the reduction stay in float32.
         """
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"`compute_dtype` must be a floating-point torch.dtype, got {dtype!r}")
+        check_float_dtype("compute_dtype", dtype)
         self.backbone().to(dtype)
         if self.channels_last:
             self.use_channels_last(True)
@@ -124,8 +131,8 @@ class FeatureLoss(nn.Module):
         """Run the backbone through ``torch.compile`` (one graph per input shape; ``mode`` defaults to
         ``"reduce-overhead"`` on CUDA — CUDA Graphs — and ``"default"`` elsewhere). After ``max_shapes``
         distinct shapes, fall back to eager with a one-time warning. Returns ``self``."""
-        if enabled and (isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1):
-            raise ValueError(f"`max_shapes` must be a positive int, got {max_shapes!r}")
+        if enabled:
+            check_int("max_shapes", max_shapes, 1, expected="a positive int")
         self.static_shapes = {"backend": backend, "mode": mode, "max_shapes": max_shapes} if enabled else None
         self.__dict__["_compiled"] = {}  # plain attribute: never in state_dict, rebuilt per device
         self.__dict__["_shapes_seen"] = set()

@@ -52,9 +52,15 @@ from torch import Tensor, nn
 
 from .. import ph as engine
 from .._validation import (
+    as_tuple,
+    check_bool,
     check_choice,
+    check_construction,
     check_finite,
+    check_floats,
+    check_ints,
     check_ndim,
+    check_number,
     check_pair,
     check_positive_int,
     check_range,
@@ -74,7 +80,6 @@ __all__ = [
     "match_selection",
 ]
 
-CONSTRUCTIONS = ("V", "T")
 FILTRATIONS = ("superlevel", "sublevel")
 
 
@@ -113,24 +118,6 @@ def match_selection(m: bm.Matching) -> MatchSelection:
     )
 
 
-def _floats(name: str, value: object, length: int | None = None) -> tuple[float, ...]:
-    """A tuple of finite non-negative floats (of ``length`` entries when given)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of floats, got {type(value).__name__} ({value!r})")
-    if length is not None and len(value) != length:
-        raise ValueError(f"`{name}` must have {length} entries, got {len(value)} ({tuple(value)!r})")
-    if not value:
-        raise ValueError(f"`{name}` must not be empty, got {tuple(value)!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"`{name}` must hold floats, got {type(v).__name__} ({v!r}) in {tuple(value)!r}")
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"`{name}` must hold finite non-negative floats, got {tuple(value)!r}")
-        out.append(float(v))
-    return tuple(out)
-
-
 def _check_values(name: str, x: Tensor, what: str | None) -> None:
     """:func:`check_finite`, then :func:`check_range` to [0, 1] unless ``what`` is None, with their
     messages, in one pass over ``x`` when it passes (one ``aminmax``; NaN and inf show in it)."""
@@ -160,27 +147,18 @@ class BettiMatchingConfig:
 
     def __post_init__(self) -> None:
         engine.require_numba()
-        check_choice("construction", self.construction, CONSTRUCTIONS)
+        check_construction(self.construction)
         check_choice("filtration", self.filtration, FILTRATIONS)
         check_reduction(self.reduction)
         if self.workers is not None:
             check_positive_int("workers", self.workers)
-        if self.dims is not None:
-            if not isinstance(self.dims, tuple) or not self.dims or not all(
-                isinstance(d, int) and not isinstance(d, bool) for d in self.dims
-            ):
-                raise ValueError(f"`dims` must be a non-empty sequence of ints, got {self.dims!r}")
+        object.__setattr__(self, "dims", check_ints("dims", self.dims))
         for name in ("from_logits", "push_unmatched_to_1_0"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be a bool, got {type(getattr(self, name)).__name__}")
-        t = self.barcode_length_threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"`barcode_length_threshold` must be a float, got {type(t).__name__} ({t!r})")
-        if not math.isfinite(t) or t < 0:
-            raise ValueError(f"`barcode_length_threshold` must be a finite float >= 0, got {t!r}")
-        object.__setattr__(self, "topology_weights", _floats("topology_weights", self.topology_weights, 2))
+            check_bool(name, getattr(self, name))
+        check_number("barcode_length_threshold", self.barcode_length_threshold, 0, kind="float")
+        object.__setattr__(self, "topology_weights", check_floats("topology_weights", self.topology_weights, 2))
         if self.dim_weights is not None:
-            object.__setattr__(self, "dim_weights", _floats("dim_weights", self.dim_weights))
+            object.__setattr__(self, "dim_weights", check_floats("dim_weights", self.dim_weights))
 
     def dims_for(self, spatial_ndim: int) -> tuple[int, ...]:
         """The dims of ``spatial_ndim``-D maps: a ValueError outside ``0..ndim-1``, NotImplementedError for
@@ -295,15 +273,11 @@ def _betti_matching_loss(cfg: BettiMatchingConfig, input: object, target: object
     return reduce_loss(per_map, cfg.reduction)
 
 
-def _as_tuple(x: Sequence | None) -> tuple | None:
-    return None if x is None else tuple(x)
-
-
 def _config(dims, construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
             barcode_length_threshold, topology_weights, dim_weights) -> BettiMatchingConfig:
     return BettiMatchingConfig(
-        _as_tuple(dims), construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
-        barcode_length_threshold, topology_weights, _as_tuple(dim_weights),
+        as_tuple(dims), construction, from_logits, reduction, workers, filtration, push_unmatched_to_1_0,
+        barcode_length_threshold, topology_weights, as_tuple(dim_weights),
     )
 
 

@@ -41,9 +41,13 @@ from torch import Tensor, nn
 
 from .. import ph as engine
 from .._validation import (
+    as_tuple,
     check_binary,
+    check_bool,
     check_choice,
+    check_construction,
     check_finite,
+    check_ints,
     check_ndim,
     check_pair,
     check_positive_int,
@@ -64,7 +68,6 @@ __all__ = [
     "topological_loss",
 ]
 
-CONSTRUCTIONS = ("V", "T")
 BACKENDS = engine.BACKENDS
 # A target bar counts towards the Betti number when its persistence is at least this.
 TARGET_PERSISTENCE = 0.5
@@ -224,19 +227,17 @@ class TopologyConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        check_choice("construction", self.construction, CONSTRUCTIONS)
+        object.__setattr__(self, "dims", check_ints("dims", self.dims))
+        betti = check_ints("betti", self.betti, minimum=0, nonempty=False, expected="a tuple of non-negative ints")
+        object.__setattr__(self, "betti", betti)
+        check_construction(self.construction)
         check_choice("backend", self.backend, BACKENDS)
         if self.backend == "native":
             engine.require_numba()
         check_reduction(self.reduction)
         if self.workers is not None:
             check_positive_int("workers", self.workers)
-        if self.betti is not None:
-            if not isinstance(self.betti, tuple) or not all(isinstance(b, int) and b >= 0 for b in self.betti):
-                raise ValueError(f"`betti` must be a tuple of non-negative ints, got {self.betti!r}")
-        if self.dims is not None:
-            if not isinstance(self.dims, tuple) or not self.dims or not all(isinstance(d, int) for d in self.dims):
-                raise ValueError(f"`dims` must be a non-empty sequence of ints, got {self.dims!r}")
+        check_bool("from_logits", self.from_logits)
 
     def dims_for(self, spatial_ndim: int) -> tuple[int, ...]:
         n_betti = spatial_ndim if self.betti is None else len(self.betti)
@@ -318,10 +319,6 @@ def _topological_loss(cfg: TopologyConfig, input: object, target: object, select
     return reduce_loss(per_map, cfg.reduction)
 
 
-def _as_tuple(x: Sequence[int] | None) -> tuple[int, ...] | None:
-    return None if x is None else tuple(x)
-
-
 def topological_loss(
     input: Tensor,
     target: Tensor | None = None,
@@ -341,7 +338,7 @@ def topological_loss(
         >>> topological_loss(target.clone(), target).item()
         0.0
     """
-    cfg = TopologyConfig(_as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti), backend)
+    cfg = TopologyConfig(as_tuple(dims), construction, from_logits, reduction, workers, as_tuple(betti), backend)
     return _topological_loss(cfg, input, target)
 
 
@@ -405,7 +402,7 @@ class TopologicalLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.config = TopologyConfig(
-            _as_tuple(dims), construction, from_logits, reduction, workers, _as_tuple(betti), backend
+            as_tuple(dims), construction, from_logits, reduction, workers, as_tuple(betti), backend
         )
 
     Selection = BarSelection

@@ -12,9 +12,10 @@ type and the dispatcher); for Betti matching ``cells`` (the order of a map's cel
 barcode and induced-matching passes) and ``matching`` (the types and the entry points).
 """
 
+from .._validation import CONSTRUCTIONS
 from ._jit import HAVE_NUMBA, require_numba
 from .betti import betti_numbers
-from .diagram import BACKENDS, CONSTRUCTIONS, Diagram, native_dims, persistence, resolve
+from .diagram import BACKENDS, Diagram, native_dims, persistence, resolve
 from .matching import Matching, betti_matching, target_side
 
 __all__ = [

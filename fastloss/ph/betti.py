@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import check_construction
 from ._jit import njit, require_numba
 from .unionfind import union_count
 
@@ -170,8 +171,7 @@ def _euler_t(p: np.ndarray) -> int:
 def betti_numbers(mask: np.ndarray, construction: str = "V") -> tuple[int, ...]:
     """``(beta_0, ..., beta_{n-1})`` of the foreground (nonzero pixels) of a 2D or 3D binary mask."""
     require_numba()
-    if construction not in ("V", "T"):
-        raise ValueError(f"`construction` must be one of ['V', 'T'], got {construction!r}")
+    check_construction(construction)
     m = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
     if m.ndim not in (2, 3):
         raise ValueError(f"expected a 2D or 3D mask, got {m.ndim}D")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import check_construction, check_map
 from ._jit import HAVE_NUMBA, require_numba
 from .sort import filtration
 
 BACKENDS = ("auto", "native", "cripser")
-CONSTRUCTIONS = ("V", "T")
 
 
 def native_dims(ndim: int) -> tuple[int, ...]:
@@ -94,18 +94,7 @@ class Diagram:
 
 
 def _as_map(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f)
-    if f.ndim not in (2, 3):
-        raise ValueError(f"the native engine computes 2D and 3D maps, got {f.ndim}D")
-    if f.size == 0:
-        raise ValueError(f"cannot compute persistence of an empty map of shape {f.shape}")
-    if f.dtype in (np.float16, np.float32):  # exact in float32; a network's maps are float32
-        f = np.ascontiguousarray(f, dtype=np.float32)
-    else:
-        f = np.ascontiguousarray(f, dtype=np.float64)
-    if np.isnan(f).any():
-        raise ValueError("cannot compute persistence of a map with NaN values")
-    return f
+    return check_map(f, "the native engine", allow_nan=False)
 
 
 # the second pass of a map runs here when the caller allows two threads per map (see native())
@@ -140,8 +129,7 @@ def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = 
     bad = sorted(set(dims) - set(native_dims(nd)))
     if bad:
         raise ValueError(f"the native engine computes dims {list(native_dims(nd))} of {nd}D maps, not {bad}")
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"`construction` must be one of {list(CONSTRUCTIONS)}, got {construction!r}")
+    check_construction(construction)
     fl = filtration(f)
     args = (fl.porder, fl.rank, fl.level) + shape[1:]
     t = construction == "T"

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import CONSTRUCTIONS, check_construction, check_map
 from ._jit import require_numba
 from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels
 from .induced import dual_bars, dual_match, primal_bars, primal_match
 from .sort import Filtration, filtration
-
-CONSTRUCTIONS = ("V", "T")
 
 
 def matching_dims(ndim: int) -> tuple[int, ...]:
@@ -95,16 +94,8 @@ class Matching:
 
 
 def _as_map(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f)
-    if f.ndim not in (2, 3):
-        raise ValueError(f"Betti matching computes 2D and 3D maps, got {f.ndim}D")
-    if f.size == 0:
-        raise ValueError(f"cannot match an empty map of shape {f.shape}")
-    if np.prod([d + 2 for d in f.shape]) >= OUTSIDE:  # the passes' int32 nodes hold positions and levels
-        raise ValueError(f"Betti matching supports maps of fewer than 2**30 padded pixels, got shape {f.shape}")
-    if f.dtype in (np.float16, np.float32):
-        return np.ascontiguousarray(f, dtype=np.float32)
-    return np.ascontiguousarray(f, dtype=np.float64)
+    # the passes' int32 nodes hold positions and levels
+    return check_map(f, "Betti matching", max_pixels=OUTSIDE)
 
 
 class _Image:
@@ -150,8 +141,7 @@ def target_side(f_target: np.ndarray, construction: str = "V", dims=None) -> Tar
     """Precompute the target's part of :func:`betti_matching` (reusable for every prediction)."""
     require_numba()
     f = _as_map(f_target)
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"`construction` must be one of {list(CONSTRUCTIONS)}, got {construction!r}")
+    check_construction(construction)
     dims = check_dims(f.ndim, dims)
     fam = families(f.shape, construction)
     image = _Image(f, fam, dims, f.ndim - 1)

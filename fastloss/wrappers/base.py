@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_tensor, upcast
+from .._validation import check_choice, check_int, check_tensor, upcast
 
 __all__ = ["CLOCKS", "LossWrapper", "loss_output_shape", "zero_loss"]
 
@@ -235,9 +235,7 @@ class LossWrapper(nn.Module):
 
     def set_step(self, step: int) -> None:
         """Set the stack's step (resume, or drive schedules by the training loop's own step)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"`step` must be a non-negative int, got {step!r}")
-        self._root.step.fill_(step)
+        self._root.step.fill_(check_int("step", step, 0, expected="a non-negative int"))
 
     @torch.compiler.disable
     def current_step(self) -> int:

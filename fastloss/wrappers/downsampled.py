@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_ndim
+from .._validation import check_bool, check_choice, check_ndim, check_per_dim
 from .base import LossWrapper, _meta, loss_output_shape
 
 __all__ = ["DownsampledLoss"]
 
 MODES = ("area", "bilinear", "max")
-
-
-def _per_dim(name: str, value: int | Sequence[int], n: int) -> tuple[int, ...]:
-    values = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        raise ValueError(f"`{name}` must be a positive int or {n} positive ints, got {value!r}")
-    return values
 
 
 class DownsampledLoss(LossWrapper):
@@ -34,7 +28,7 @@ class DownsampledLoss(LossWrapper):
         loss: the loss to wrap.
         factor: downsampling factor, an int or one per spatial dimension (default 2). A trailing
             partial window is kept (``ceil``), so no border structure is dropped.
-        size: output spatial size instead of ``factor``.
+        size: output spatial size instead of ``factor``: an int (every spatial dimension) or one per dimension.
         mode: ``"area"`` (average pooling; images), ``"bilinear"`` (bilinear/trilinear interpolation)
             or ``"max"`` (max pooling; for topology: keeps thin foreground connected; the target mask is
             max-pooled too so it stays binary). ``None`` (default) picks by the wrapped loss's kind:
@@ -51,7 +45,7 @@ class DownsampledLoss(LossWrapper):
         self,
         loss: nn.Module,
         factor: int | Sequence[int] | None = None,
-        size: Sequence[int] | None = None,
+        size: int | Sequence[int] | None = None,
         mode: str | None = None,
         antialias: bool = True,
     ) -> None:
@@ -61,11 +55,13 @@ class DownsampledLoss(LossWrapper):
         if factor is not None and size is not None:
             raise ValueError(f"give either `factor` or `size`, not both (got factor={factor!r}, size={size!r})")
         factor = 2 if factor is None and size is None else factor
-        size = None if size is None else tuple(size)
         if factor is not None:
-            _per_dim("factor", factor, 1 if isinstance(factor, int) else len(factor))
+            per_dim = check_per_dim("factor", factor)  # an int stays an int: one factor for every dimension
+            factor = per_dim[0] if isinstance(factor, numbers.Integral) else per_dim
         else:
-            _per_dim("size", size, len(size))
+            per_dim = check_per_dim("size", size)
+            size = per_dim[0] if isinstance(size, numbers.Integral) else per_dim
+        check_bool("antialias", antialias)
         super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
         self.factor, self.size, self.mode, self.antialias = factor, size, mode, antialias
 
@@ -73,11 +69,11 @@ class DownsampledLoss(LossWrapper):
         """The spatial size the wrapped loss sees for an input of spatial size ``spatial``."""
         n = len(spatial)
         if self.size is not None:
-            size = _per_dim("size", self.size, n)
+            size = check_per_dim("size", self.size, n)
             if any(s > t for s, t in zip(size, spatial, strict=True)):
                 raise ValueError(f"`size` {size} must not exceed the input's spatial size {tuple(spatial)}")
             return size
-        factor = _per_dim("factor", self.factor, n)
+        factor = check_per_dim("factor", self.factor, n)
         if any(s < k for s, k in zip(spatial, factor, strict=True)):
             raise ValueError(
                 f"`input` spatial size {tuple(spatial)} is too small to downsample by factor {factor}: "
@@ -98,7 +94,7 @@ class DownsampledLoss(LossWrapper):
             pool = {("area", 2): F.adaptive_avg_pool2d, ("area", 3): F.adaptive_avg_pool3d,
                     ("max", 2): F.adaptive_max_pool2d, ("max", 3): F.adaptive_max_pool3d}[self.mode, n]
             return pool(x, size)
-        factor = _per_dim("factor", self.factor, n)
+        factor = check_per_dim("factor", self.factor, n)
         pool = {("area", 2): F.avg_pool2d, ("area", 3): F.avg_pool3d,
                 ("max", 2): F.max_pool2d, ("max", 3): F.max_pool3d}[self.mode, n]
         return pool(x, factor, factor, ceil_mode=True)

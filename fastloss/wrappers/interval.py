@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_bool, check_int, check_positive_int
 from .base import LossWrapper
 
 __all__ = ["IntervalLoss"]
@@ -45,10 +45,8 @@ class IntervalLoss(LossWrapper):
 
     def __init__(self, loss: nn.Module, every: int = 4, compensate: bool = True, offset: int = 0) -> None:
         check_positive_int("every", every)
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < every:
-            raise ValueError(f"`offset` must be an int in [0, {every - 1}], got {offset!r}")
-        if not isinstance(compensate, bool):
-            raise TypeError(f"`compensate` must be a bool, got {type(compensate).__name__}")
+        check_int("offset", offset, 0, every - 1, expected=f"an int in [0, {every - 1}]")
+        check_bool("compensate", compensate)
         super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
         self.every = every
         self.compensate = compensate
