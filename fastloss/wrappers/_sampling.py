@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int
+
 __all__ = ["check_seed", "cycle_order"]
 
 
 def check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
-    return seed
+    return check_int("seed", seed, 0, expected="a non-negative int")
 
 
 def cycle_order(seed: int, cycle: int, n: int) -> list[int]:

@@ -52,7 +52,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._validation import reduce_loss
+from .._validation import check_bool, check_int, reduce_loss
 from ..losses._feature import FeatureLoss
 from ._sampling import check_seed, cycle_order
 from .base import LossWrapper, loss_output_shape
@@ -129,10 +129,9 @@ class TiledLoss(LossWrapper):
         self.tile_size = None if tile_size is None else self._pair("tile_size", tile_size)
         if self.tiles is not None and self.tiles == (1, 1):
             raise ValueError("`tiles` must have more than one tile (got (1, 1): that is the loss itself)")
-        if margin != "auto" and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-            raise ValueError(f"`margin` must be a non-negative int or 'auto', got {margin!r}")
-        if not isinstance(per_sample, bool):
-            raise TypeError(f"`per_sample` must be a bool, got {type(per_sample).__name__}")
+        if margin != "auto":
+            margin = check_int("margin", margin, 0, expected="a non-negative int or 'auto'")
+        check_bool("per_sample", per_sample)
         self.seed = check_seed(seed)
         access = _feature_access(loss)
         if access is None and isinstance(margin, int) and margin > 0:
