@@ -18,7 +18,9 @@ stated bounds:
   gradient cosine; and the cosine of the gradients accumulated over the trajectory. A candidate passes
   when its median value error is at most ``max_loss_error`` and both its median per-step cosine and its
   accumulated cosine are at least ``min_grad_cosine`` (so ``IntervalLoss`` is judged honestly: exact on
-  the steps it computes, and on what it adds up to);
+  the steps it computes, and on what it adds up to). A sampling stack (``TiledLoss``, ``BatchSampledLoss``:
+  one step sees one tile or group by design) is judged on one whole cycle instead: its value error is the
+  cycle's value bias, its cosines the cycle's accumulated-gradient cosine;
 - early drop: a candidate that would compute in a dtype the device only emulates is dropped without
   running; one whose first timed step is more than ``drop_factor`` times the reference's mean step
   (over its first round) is dropped after it. ``time_budget`` bounds the whole call: a candidate not
@@ -41,9 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from . import hardware
+from .losses._feature import FeatureLoss
 from .presets import PresetLoss, list_presets, register_measured_preset
 from .presets.preset_loss import check_unwrapped
-from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss
+from .wrappers import AMPLoss, BatchSampledLoss, CachedPH, DownsampledLoss, IntervalLoss, TiledLoss
 from .wrappers.base import describe_stack
 
 __all__ = ["AutotuneCandidate", "AutotuneResult", "autotune", "default_candidates"]
@@ -133,6 +136,9 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     out["IntervalLoss(4)"] = lambda: IntervalLoss(copy.deepcopy(loss), every=4)
     if not topology:
         out["AMPLoss"] = lambda: AMPLoss(copy.deepcopy(loss))
+    if isinstance(loss, FeatureLoss):  # the sampling wrappers, judged over a cycle
+        out["TiledLoss(3x3)"] = lambda: TiledLoss(copy.deepcopy(loss), 3)
+        out["BatchSampledLoss(k=B/2)"] = lambda: BatchSampledLoss(copy.deepcopy(loss), 0.5)
     if topology:
         cfg = loss.config
         prior = getattr(cfg, "betti", None) is not None  # a topological prior has no masks to cache by
@@ -226,6 +232,7 @@ def autotune(
         >>> result.chosen in [c.name for c in result.candidates] + ["exact"]
         True
     """
+    from .bench.deviation import samples
     from .bench.harness import (  # the harness loads when measuring
         CandidateResult,
         _deviation,
@@ -337,10 +344,15 @@ def autotune(
         if out_of_time():
             entry.status = "not measured (deviation): time budget"
             continue
-        dev = _deviation(fresh("exact"), fresh(key), trajectory, None)
+        candidate = fresh(key)
+        dev = _deviation(fresh("exact"), candidate, trajectory, None)
         entry.loss_error = dev["loss_rel_error"]["median"]
         entry.grad_cosine = dev["grad_cosine"]["median"]
         entry.accumulated_cosine = dev["accumulated_grad_cosine"]
+        if samples(candidate) and "cycle" in dev:  # one step sees one tile / group by design: judge the cycle
+            cycle = dev["cycle"]
+            entry.loss_error = abs(cycle["cycle_value_bias"])
+            entry.grad_cosine = entry.accumulated_cosine = cycle["cycle_grad_cosine"]
         why = entry.passes(max_loss_error, min_grad_cosine)
         entry.status = "passes" if why is None else f"fails: {why}"
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..wrappers import BatchSampledLoss, IntervalLoss, LossWrapper, TiledLoss
 
-__all__ = ["cosine", "cycle_deviation", "cycle_length", "low_pass", "quantiles", "spearman"]
+__all__ = ["cosine", "cycle_deviation", "cycle_length", "low_pass", "quantiles", "samples", "spearman"]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -55,6 +55,12 @@ def quantiles(values: list[float], qs: dict[str, float]) -> dict[str, float | No
         return dict.fromkeys(qs)
     arr = np.asarray(values, float)
     return {name: float(np.quantile(arr, q)) for name, q in qs.items()}
+
+
+def samples(loss: nn.Module) -> bool:
+    """Whether a stack samples (``TiledLoss``, ``BatchSampledLoss``): one step sees part of the loss by design,
+    so its deviation is judged over a cycle (:func:`cycle_deviation`), not per step."""
+    return isinstance(loss, LossWrapper) and any(isinstance(w, (TiledLoss, BatchSampledLoss)) for w in loss.wrappers())
 
 
 def cycle_length(loss: nn.Module, input: Tensor) -> int:

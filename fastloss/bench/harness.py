@@ -23,7 +23,10 @@ Protocol (recorded in every report):
 Deviation is measured in a separate, untimed pass over the same trajectory: per step, the candidate's
 value divided by its stack gain (IntervalLoss compensation, schedule weight) against the reference's
 value (relative error, the denominator floored at 1% of the trajectory's median reference value), the cosine of the input gradients, the cosine after 4x average pooling (what downsampling
-keeps), the cosine of gradients accumulated over the trajectory (what IntervalLoss promises), and the
+keeps), the cosine of gradients accumulated over the trajectory (what IntervalLoss promises), for a
+stochastic or gated stack (``TiledLoss``, ``BatchSampledLoss``, ``IntervalLoss``) its deviation over one
+whole cycle on the trajectory's first batch (``deviation["cycle"]``: accumulated-gradient cosine, norm
+ratio, value bias; :func:`~fastloss.bench.deviation.cycle_deviation`), and the
 Spearman correlation of values (eval mode) over the workload's degradation ladder. Torch FLOPs per step
 are counted in the same pass (``"n/a"`` where part of the work runs outside torch, e.g. PH on the CPU).
 """
@@ -43,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import hardware
 from ..losses._feature import FeatureLoss
 from ..wrappers import AMPLoss, CachedPH, LossWrapper
-from .deviation import cosine, low_pass, quantiles, spearman
+from .deviation import cosine, cycle_deviation, cycle_length, low_pass, quantiles, spearman
 from .measure import StepClock, peak_memory, training_step, uses_outside_torch
 from .results import CandidateResult, Report
 from .workloads import Workload
@@ -124,6 +127,8 @@ def _deviation(reference: nn.Module, candidate: nn.Module, trajectory, ladder, c
         "lowpass_grad_cosine": quantiles(lowpass, {"median": 0.5, "p5": 0.05}),
         "accumulated_grad_cosine": cosine(acc_cand, acc_ref) if acc_ref is not None else None,
     }
+    if trajectory and cycle_length(candidate, trajectory[0][0]) > 1:  # stochastic or gated: what a cycle adds up to
+        out["cycle"] = cycle_deviation(reference, candidate, *trajectory[0])
     if count_flops:
         n = max(1, len(trajectory))
         out["_flops"] = ("n/a", "n/a") if outside_torch else (flops["reference"] / n, flops["candidate"] / n)

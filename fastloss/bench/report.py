@@ -164,11 +164,21 @@ def markdown_table(report: Report) -> str:
             f"| {res.name} | {_fmt(s['median'], '.2f')} [{_fmt(s['ci95'][0], '.2f')}, {_fmt(s['ci95'][1], '.2f')}] |{vs} "
             f"{_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} "
             f"| {_fmt(err.get('median'), '.2%')} / {_fmt(err.get('p95'), '.2%')} "
-            f"| {_fmt(cos.get('median'))} / {_fmt(cos.get('p5'))} | {_fmt(d.get('accumulated_grad_cosine'))} "
+            f"| {_fmt(cos.get('median'))} / {_fmt(cos.get('p5'))} | {_accumulated(d)} "
             f"| {_fmt(low.get('median'))} | {_fmt(d.get('ladder_spearman'))} | {_bytes(res.memory_bytes)} "
             f"| {_flops(res.flops_per_step)} |"
         )
     return "\n".join(lines)
+
+
+def _accumulated(deviation: dict) -> str:
+    """The accumulated cosine over the trajectory; for a stack with a cycle also over one cycle, with its value bias."""
+    text = _fmt(deviation.get("accumulated_grad_cosine"))
+    cycle = deviation.get("cycle")
+    if cycle:
+        text += (f" (cycle of {cycle['steps']}: {_fmt(cycle['cycle_grad_cosine'])}, "
+                 f"bias {_fmt(cycle['cycle_value_bias'], '+.2%')})")
+    return text
 
 
 def _median(reference_times: list[float], other_times: list[float]) -> float | None:

@@ -127,5 +127,8 @@ class BatchSampledLoss(LossWrapper):
     def set_extra_state(self, state: dict) -> None:
         self.seed = check_seed(state["seed"])
 
+    def summary(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
     def extra_repr(self) -> str:
         return f"k={self.k}, reduction={self.reduction!r}, seed={self.seed}"

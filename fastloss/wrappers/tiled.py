@@ -301,6 +301,10 @@ class TiledLoss(LossWrapper):
     def set_extra_state(self, state: dict) -> None:
         self.seed = check_seed(state["seed"])
 
+    def summary(self) -> str:
+        grid = f"{self.tiles[0]}x{self.tiles[1]}" if self.tiles is not None else f"tile_size={self.tile_size}"
+        return f"{type(self).__name__}({grid}, margin={self.margin}{', per_sample' if self.per_sample else ''})"
+
     def extra_repr(self) -> str:
         grid = f"tiles={self.tiles}" if self.tiles is not None else f"tile_size={self.tile_size}"
         return f"{grid}, margin={self.margin!r}, per_sample={self.per_sample}, seed={self.seed}"
