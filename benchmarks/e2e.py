@@ -139,6 +139,7 @@ CANDIDATES = {
     "tiled3-full-margin": ("TiledLoss(3x3, margin = the receptive-field radius) o balanced",
                            lambda b: _tiled(b, tiles=3, margin="field")),
     "tiled3-ps": ("TiledLoss(3x3, per_sample) o balanced", lambda b: _tiled(b, tiles=3, per_sample=True)),
+    "tiled2-ps": ("TiledLoss(2x2, per_sample) o balanced", lambda b: _tiled(b, tiles=2, per_sample=True)),
     "tiled4-ps": ("TiledLoss(4x4, per_sample) o balanced", lambda b: _tiled(b, tiles=4, per_sample=True)),
     "batch-half": ("BatchSampledLoss(k=B/2) o balanced", lambda b: _batch(b, 0.5)),
     "batch-quarter": ("BatchSampledLoss(k=B/4) o balanced", lambda b: _batch(b, 0.25)),
