@@ -73,12 +73,7 @@ def _perceptual_balanced(loss: nn.Module, caps: Capabilities) -> nn.Module:
 
 
 def _perceptual_fastest(loss: nn.Module, caps: Capabilities) -> nn.Module:
-    # One tile of a 3x3 grid per step, no context margin, around balanced: on the restoration task
-    # (`python -m benchmarks.e2e --candidates ...`, 3 seeds) -0.59% PSNR at 0.084x the exact loss's time; the
-    # "auto" margin measured -0.89% at 0.130x, the full receptive field -1.24% at 0.217x (a margin removes the
-    # value bias, it did not train better). It does not hold with deep taps at batch 2 (docs/benchmarks.md).
-    # The former IntervalLoss(4) o DownsampledLoss(2) o balanced ended the restoration task 29% below exact:
-    # skipping steps loses updates, sampling tiles keeps one every step.
+    # one tile of nine per step, no margin: the cheapest candidate within the end-to-end goal (docs/benchmarks.md)
     balanced = _perceptual_balanced(loss, caps)
     return TiledLoss(balanced, 3, margin=0) if isinstance(loss, FeatureLoss) else balanced
 

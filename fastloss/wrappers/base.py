@@ -13,7 +13,7 @@ The clock counts *training steps*. How it advances is the stack's ``clock`` mode
   before one backward (deep supervision, several heads) share one step.
 - ``"optimizer"`` (set by :meth:`LossWrapper.attach`): once per ``optimizer.step()``. Right for
   gradient accumulation (several backward passes per step).
-- ``"calls"``: once per training call (one call per step; fastloss 0.1's behaviour).
+- ``"calls"``: once per training call (for loops with exactly one call per step).
 - ``"manual"``: only :meth:`~LossWrapper.advance`, :meth:`~LossWrapper.set_step` or writing the buffer.
 
 Calls in eval mode or under ``torch.no_grad()`` never advance the clock.
@@ -125,6 +125,10 @@ class LossWrapper(nn.Module):
     Subclasses implement :meth:`compute`, and :meth:`gain` / :meth:`inner_phase` where they change the
     value or the phase of the wrappers inside them.
     """
+
+    #: whether this wrapper computes exactly what its ``loss`` computes (no change of value, gradient or
+    #: work): a preset's or autotune's outer layer; benchmarks see through it
+    transparent: bool = False
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
