@@ -75,7 +75,7 @@ def _perceptual_balanced(loss: nn.Module, caps: Capabilities) -> nn.Module:
 def _perceptual_fastest(loss: nn.Module, caps: Capabilities) -> nn.Module:
     # one tile of nine per step, no margin: the cheapest candidate within the end-to-end goal (docs/benchmarks.md)
     balanced = _perceptual_balanced(loss, caps)
-    return TiledLoss(balanced, 3, margin=0) if isinstance(loss, FeatureLoss) else balanced
+    return TiledLoss(balanced, 3, margin=0, fit_grid=True) if isinstance(loss, FeatureLoss) else balanced
 
 
 register_preset("exact", "topology", lambda loss: loss, "no wrapper: the reference loss")

@@ -93,6 +93,8 @@ class TiledLoss(LossWrapper):
             losses: half the receptive-field radius, at most half a tile; other losses: 0).
         per_sample: one tile per sample (``True``) or one per batch (``False``).
         seed: seed of the visiting order (saved in ``state_dict``).
+        fit_grid: use fewer tiles along an axis where a tile would be smaller than the backbone's minimum
+            input (down to the whole image: then the loss itself), instead of raising (the presets use it).
 
     Shape:
         - input, target: :math:`(B, C, H, W)`.
@@ -122,6 +124,7 @@ class TiledLoss(LossWrapper):
         margin: int | str = "auto",
         per_sample: bool = False,
         seed: int = 0,
+        fit_grid: bool = False,
     ) -> None:
         if tiles is not None and tile_size is not None:
             raise ValueError(f"give either `tiles` or `tile_size`, not both (got {tiles!r} and {tile_size!r})")
@@ -132,6 +135,7 @@ class TiledLoss(LossWrapper):
         if margin != "auto":
             margin = check_int("margin", margin, 0, expected="a non-negative int or 'auto'")
         check_bool("per_sample", per_sample)
+        check_bool("fit_grid", fit_grid)
         self.seed = check_seed(seed)
         access = _feature_access(loss)
         if access is None and isinstance(margin, int) and margin > 0:
@@ -147,6 +151,7 @@ class TiledLoss(LossWrapper):
         super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
         self.margin = margin
         self.per_sample = per_sample
+        self.fit_grid = fit_grid
         self._cycle = 1  # tiles per cycle at the last training call (the inner wrappers' phase unit)
 
     def inner_phase(self, phase: int) -> int:
@@ -168,8 +173,14 @@ class TiledLoss(LossWrapper):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The grid ``(ky, kx)`` for images of ``height x width``."""
         if self.tiles is not None:
-            return self.tiles
-        return math.ceil(height / self.tile_size[0]), math.ceil(width / self.tile_size[1])
+            ky, kx = self.tiles
+        else:
+            ky, kx = math.ceil(height / self.tile_size[0]), math.ceil(width / self.tile_size[1])
+        if self.fit_grid:  # fewer tiles where a tile would be smaller than the backbone's minimum input
+            access = self._features()
+            low = access[0].min_size if access else getattr(self.innermost(), "min_size", 1)
+            ky, kx = max(1, min(ky, height // low)), max(1, min(kx, width // low))
+        return ky, kx
 
     def stride(self) -> int:
         """The alignment of tile borders and windows: the deepest tap's stride (1 for other losses)."""
@@ -307,4 +318,5 @@ class TiledLoss(LossWrapper):
 
     def extra_repr(self) -> str:
         grid = f"tiles={self.tiles}" if self.tiles is not None else f"tile_size={self.tile_size}"
-        return f"{grid}, margin={self.margin!r}, per_sample={self.per_sample}, seed={self.seed}"
+        return (f"{grid}, margin={self.margin!r}, per_sample={self.per_sample}, seed={self.seed}, "
+                f"fit_grid={self.fit_grid}")

@@ -250,6 +250,18 @@ class TestModes:
             torch.testing.assert_close(values.mean(), ref(x, y), rtol=1e-10, atol=0)
         assert int(loss.step) == 4
 
+    def test_fit_grid_uses_fewer_tiles_instead_of_failing(self):
+        torch.manual_seed(0)
+        deep = PerceptualLoss("vgg16", weights=None)  # minimum input 8 (three poolings)
+        x, y = torch.rand(1, 3, 32, 20, requires_grad=True), torch.rand(1, 3, 32, 20)
+        loss = TiledLoss(deep, 8, margin=0, fit_grid=True)
+        assert loss.grid(32, 20) == (4, 2)
+        assert loss(x, y).isfinite()
+        whole = TiledLoss(deep, 3, margin=0, fit_grid=True)
+        small = torch.rand(1, 3, 12, 12)
+        assert whole.grid(12, 12) == (1, 1)
+        torch.testing.assert_close(whole(small.requires_grad_(), small * 0.5), deep(small, small * 0.5))
+
     def test_tile_size_gives_the_grid(self):
         loss = TiledLoss(nn.MSELoss(), tile_size=(4, 5))
         assert loss.grid(9, 10) == (3, 2) and len(loss.tiles_of(9, 10)) == 6
