@@ -614,7 +614,7 @@ class TestPresets:
         assert not base.channels_last and base.compute_dtype == torch.float32  # the original is untouched
         lpips = fastloss.preset("fastest", fastloss.LPIPSLoss(weights=None))
         lpips(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
-        assert isinstance(lpips.loss, IntervalLoss)
+        assert isinstance(lpips.loss, fastloss.TiledLoss) and isinstance(lpips.loss.loss, fastloss.CachedTarget)
         assert lpips.innermost().channels_last  # one channels_last switch reaches LPIPS too
 
     def test_presets_never_override_explicit_settings(self, simulate):
