@@ -180,6 +180,12 @@ class FeatureLoss(nn.Module):
         """The dtype the backbone computes in (its weights' dtype)."""
         return next(self.backbone().parameters()).dtype
 
+    def declared_compute_dtype(self) -> torch.dtype | None:
+        """The low precision this loss is set to compute in, known before running (``None``: float32/64);
+        a benchmark drops it where the device only emulates that dtype."""
+        dtype = self.compute_dtype
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
     # --- shared computation -------------------------------------------------------------------
     def _buffer_dtype(self) -> torch.dtype:
         buffers = list(self.buffers(recurse=False))

@@ -104,3 +104,17 @@ def test_compare_and_autotune_are_compositions_of_the_protocol(monkeypatch):
 
     latency.interleaved({"a": lambda: None, "b": lambda: None}, 2)
     assert calls == ["exact", "reference", "a"]
+
+
+def test_a_loss_declaring_an_emulated_dtype_is_dropped_without_running(simulate):
+    from fastloss.bench.harness import emulated_reason
+
+    class Declares(Sleepy):
+        def declared_compute_dtype(self):
+            return torch.bfloat16
+
+    simulate("avx2-cpu")
+    assert emulated_reason(Declares(), torch.device("cpu")).startswith("bfloat16 is emulated on cpu")
+    assert emulated_reason(fastloss.IntervalLoss(Sleepy()), torch.device("cpu")) is None
+    simulate("bf16-cpu")
+    assert emulated_reason(Declares(), torch.device("cpu")) is None
