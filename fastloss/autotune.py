@@ -22,7 +22,7 @@ on a short trajectory built from the user's ``(input, target)``
   speedup lies above 1 (at least 5 rounds are needed for that); a passing candidate that is not is
   reported "passes, not significantly faster";
 - early drop: a candidate that would compute in a dtype the device only emulates is dropped without
-  running; one whose first timed step is more than ``drop_factor`` times the reference's mean step is
+  running; one whose first timed step is more than ``drop_factor`` times the reference's slowest step is
   dropped after it. ``time_budget`` bounds the whole call: what is not measured by then is reported so;
 - candidates that reuse state across visits (``CachedPH(refresh_every > 1)``: a stale pairing) drift
   over far more steps than a short trajectory shows, so they are not offered by default

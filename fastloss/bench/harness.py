@@ -17,7 +17,7 @@ Protocol (recorded in every report; the timing is :func:`fastloss.bench.protocol
   interleaved rounds, and every candidate's speedup is also reported against each of them;
 - early drop: a candidate that computes in a dtype the device only emulates (see
   :mod:`fastloss.hardware`) is dropped before it runs; one whose first timed step is more than
-  ``drop_factor`` times the reference's mean step (over its first round) is dropped after that step. Both are reported with the reason
+  ``drop_factor`` times the reference's slowest step (over its first round) is dropped after that step. Both are reported with the reason
   (and the measured ratio), never silently omitted;
 - ``time_budget`` (seconds, optional): timing rounds stop early once another round would not fit, but
   never before ``min_rounds``; the report says how many rounds ran.

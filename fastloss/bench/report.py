@@ -265,7 +265,8 @@ def figure(report: Report):
     texts = []
     for (x, y), label in sorted(zip(points, labels, strict=True), key=lambda p: (-p[0][1], p[0][0])):
         ax.scatter([x], [y], color="black" if label == "reference" else "tab:blue", zorder=3)
-        texts.append(ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=8,
+        texts.append(ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=8, zorder=4,
+                                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
                                  arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
     ax.set_xscale("log")
     xs = [p[0] for p in points]

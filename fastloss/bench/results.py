@@ -52,7 +52,7 @@ class CandidateResult:
     flops_per_step: float | str | None = None
     cache: dict | None = None
     speedups_vs: dict[str, list[float]] = field(default_factory=dict)  # baseline name -> per-round speedups
-    first_step_ratio: float | None = None  # first timed step / the reference's mean step
+    first_step_ratio: float | None = None  # first timed step / the reference's slowest step
     speedup: float | None = None
     ci95: tuple[float, float] | None = None
     speedup_low: float | None = None

@@ -65,7 +65,7 @@ class TestInterleave:
             protocol.interleave({"a": lambda r: [1.0]}, "nope", 1)
 
 
-def test_trajectories_drop_against_the_reference_mean_step():
+def test_trajectories_drop_against_the_reference_slowest_step():
     wl = workloads.perceptual_workload(size=8, batch=1, samples=1, epochs=3)
     traj = list(wl.trajectory())
     t = protocol.time_trajectories({"ref": Sleepy(0.01), "slow": Sleepy(0.2), "fine": Sleepy(0.01)}, traj, "ref", 2,
