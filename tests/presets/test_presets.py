@@ -52,7 +52,7 @@ class TestPresets:
         assert not base.channels_last and base.compute_dtype == torch.float32  # the original is untouched
         lpips = fastloss.preset("fastest", fastloss.LPIPSLoss(weights=None))
         lpips(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
-        assert isinstance(lpips.loss, IntervalLoss)
+        assert isinstance(lpips.loss, fastloss.TiledLoss) and isinstance(lpips.loss.loss, fastloss.CachedTarget)
         assert lpips.innermost().channels_last  # one channels_last switch reaches LPIPS too
 
     def test_presets_never_override_explicit_settings(self, simulate):
@@ -121,13 +121,14 @@ class TestPresetRegistryAndDescriptions:
         fastloss.register_preset("lazy", "mine", lambda loss: IntervalLoss(loss, every=2), overwrite=True)
         assert fastloss.presets.describe("lazy", "mine") == ""
 
-    def test_perceptual_fastest_is_interval_4_over_downsampled_2(self, simulate):
+    def test_perceptual_fastest_is_tiles_over_balanced(self, simulate):
         simulate("bf16-cpu")
         fastest = fastloss.preset("fastest", fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None))
         fastest(*batch(shape=(1, 3, 32, 32)))
-        interval, down = fastest.loss, fastest.loss.loss
-        assert isinstance(interval, IntervalLoss) and interval.every == 4 and interval.compensate
-        assert isinstance(down, DownsampledLoss) and down.factor == 2 and down.mode == "area"
+        tiled, cached = fastest.loss, fastest.loss.loss
+        assert isinstance(tiled, fastloss.TiledLoss) and tiled.tiles == (3, 3) and tiled.margin == 0
+        assert not tiled.per_sample
+        assert isinstance(cached, fastloss.CachedTarget) and cached.loss.compute_dtype == torch.bfloat16
 
     def test_stack_descriptions(self, simulate):
         from fastloss.wrappers.base import describe_stack as stack_description
