@@ -753,7 +753,9 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     1-cells are no rows (a cycle's latest 1-cell in X's order is never in X's forest). ``squares``:
     ``"V"`` (2-cells are V-squares, faces their V-edges); else ``"T"`` (2-cells V-edges, faces the
     V-squares containing them). Apparent pairs (a column is its pivot's earliest coface in C) are
-    taken in one linear scan, the rest reduced with a heap (of ``16 n - key``: latest first)."""
+    taken in one linear scan, the rest reduced with a heap (of ``16 n - key``: latest first), adding the
+    reduced column of the pivot's owner where a bounded cache keeps it (as :func:`loops`), else its
+    boundary."""
     size = c_paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
@@ -797,6 +799,14 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
+    # reduced columns kept for reuse, as in :func:`loops`: per 1-cell owned by a cached column, its slot
+    cache_at = np.full(3 * size, -1, np.int32)
+    slot_start = np.empty(64, np.int64)
+    slot_len = np.empty(64, np.int64)
+    pool = np.empty(1024, np.int64)
+    used = 0
+    slots = 0
+    cap = CACHE_PER_VOXEL * n
     for h in range(nh):
         key = hard[h]
         cid = _row_id(key, not squares, c_porder, c_places2, size, st)
@@ -807,6 +817,7 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
         for t in range(r):
             _heap_push(heap, hsize, big - keys[t])
             hsize += 1
+        added = 0
         while True:
             piv, hsize = _pivot(heap, hsize)
             if piv < 0:  # pragma: no cover - C's non-forest 2-cells never reduce to zero
@@ -816,7 +827,32 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             if j < 0:
                 own[rid] = cid
                 out[cid] = rid
+                if added > 0 and used + hsize <= cap:  # keep the reduced column (cancelled, sorted)
+                    if slots == slot_start.size:
+                        slot_start = _grow(slot_start, slots + 1)
+                        slot_len = _grow(slot_len, slots + 1)
+                    pool = _grow(pool, used + hsize)
+                    start = used
+                    while True:
+                        x, hsize = _pivot(heap, hsize)
+                        if x < 0:
+                            break
+                        hsize = _heap_pop(heap, hsize)
+                        pool[used] = x
+                        used += 1
+                    slot_start[slots] = start
+                    slot_len[slots] = used - start
+                    cache_at[rid] = slots
+                    slots += 1
                 break
+            added += 1
+            sl = cache_at[rid]
+            if sl >= 0:
+                heap = _grow(heap, hsize + slot_len[sl])
+                for t in range(slot_len[sl]):
+                    _heap_push(heap, hsize, pool[slot_start[sl] + t])
+                    hsize += 1
+                continue
             jt = j // size
             c = _around(j - jt * size, jt, not squares, size, st, x_keys1 if squares else c_keys2,
                         c_keys2 if squares else x_keys1, x_paired, big, ids2, keys2)
