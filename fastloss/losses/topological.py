@@ -187,9 +187,18 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     kd, _ = gather("keep_death")
     db, drop_owner = gather("drop_birth")
     dd, _ = gather("drop_death")
-    out = f.new_zeros(n)
-    out = out.index_add(0, keep_owner, kb.square() + (1 - kd).square())
-    return out.index_add(0, drop_owner, (dd - db).square())
+    return sum_per_map(f, n, ((keep_owner, kb.square() + (1 - kd).square()), (drop_owner, (dd - db).square())))
+
+
+def sum_per_map(like: Tensor, n: int, terms) -> Tensor:
+    """``(n,)`` sums of ``(owner, values)`` term pairs (``values[i]`` belongs to map ``owner[i]``), in the
+    dtype of ``like``. A map has up to ~10^5 terms: float32 values are accumulated in float64 (where the
+    device has it), so the sum is float64-accurate (float32 ``index_add`` drifted 1.3e-5 relative)."""
+    wide = torch.float64 if like.dtype in (torch.float32, torch.float64) and like.device.type != "mps" else like.dtype
+    out = torch.zeros(n, dtype=wide, device=like.device)
+    for owner, values in terms:
+        out = out.index_add(0, owner, values.to(wide))
+    return out.to(like.dtype)
 
 
 def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: str,

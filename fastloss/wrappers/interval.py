@@ -43,6 +43,8 @@ class IntervalLoss(LossWrapper):
         [2.0, 0.0, 2.0, 0.0]
     """
 
+    can_skip = True
+
     def __init__(self, loss: nn.Module, every: int = 4, compensate: bool = True, offset: int = 0) -> None:
         check_positive_int("every", every)
         check_int("offset", offset, 0, every - 1, expected=f"an int in [0, {every - 1}]")
