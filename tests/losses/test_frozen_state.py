@@ -9,7 +9,6 @@ import torch
 import torchvision
 
 from fastloss import CachedTarget, LPIPSLoss, PerceptualLoss, preset
-from fastloss.losses._backbones import WeightsUnavailable
 
 ARCH = {"VGG19_Weights": "vgg19", "VGG16_Weights": "vgg16", "ResNet18_Weights": "resnet18"}
 
@@ -116,6 +115,8 @@ def test_stacks_save_no_backbone(wrap, downloaded):
 
 
 def test_offline_default_weights_name_the_way_out(monkeypatch):
+    from fastloss.losses._backbones import WeightsUnavailable
+
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
