@@ -15,9 +15,11 @@ import torch
 from tqdm import tqdm
 
 from fastloss.bench import compare, markdown_table, plot, write_json
-from fastloss.bench.report import machine_info, machine_summary
+from fastloss.bench.report import machine_summary
+from fastloss.hardware import machine_info
 
-from .suite import CASES, WEIGHTS_NOTE, candidates
+from .references import WEIGHTS_NOTE
+from .suite import CASES, candidates
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,15 +32,12 @@ import fastloss
 from fastloss import hardware
 from fastloss.bench.deviation import cosine
 from fastloss.bench.measure import StepClock, peak_memory, training_step
-from fastloss.bench.report import machine_info, machine_summary
+from fastloss.bench.report import machine_summary
+from fastloss.hardware import machine_info
 
-from .suite import WEIGHTS_NOTE
+from .references import PERCEPTUAL, WEIGHTS_NOTE
 
-LOSSES = {
-    "vgg19": lambda: fastloss.PerceptualLoss("vgg19", weights=None),
-    "resnet18": lambda: fastloss.PerceptualLoss("resnet18", weights=None),
-    "lpips": lambda: fastloss.LPIPSLoss(weights=None),
-}
+LOSSES = {name: PERCEPTUAL[name] for name in ("vgg19", "resnet18", "lpips")}
 
 
 def variants(make, device: torch.device, static: bool) -> dict[str, tuple]:

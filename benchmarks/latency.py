@@ -20,46 +20,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
 import torch.utils.benchmark as benchmark
 
 import fastloss
+from fastloss import hardware
 from fastloss.bench import workloads
 from fastloss.bench.measure import training_step
+from fastloss.bench.report import machine_summary
 from fastloss.losses import topological as topo
 
-from .suite import WEIGHTS_NOTE
-
-
-def topolosses_betti():
-    """topolosses' BettiMatchingLoss as the reference: the Betti-matching term alone, every channel."""
-    try:
-        from topolosses.losses import BettiMatchingLoss
-    except ImportError as exc:
-        raise SystemExit("topolosses-betti needs topolosses (the dev extra): pip install topolosses") from exc
-    warnings.filterwarnings("ignore", module="topolosses")
-    loss = BettiMatchingLoss(use_base_loss=False, alpha=1.0, include_background=True)
-    loss.runs_outside_torch = True  # its matching runs in C++: no FLOP count
-    return loss
-
+from .references import PERCEPTUAL, WEIGHTS_NOTE, seed_topology, topolosses_betti
 
 LOSSES = {
     "topology": lambda: fastloss.TopologicalLoss(workers=1),
     "betti": lambda: fastloss.BettiMatchingLoss(workers=1),
     "topolosses-betti": topolosses_betti,
-    "topology[cripser]": lambda: fastloss.TopologicalLoss(workers=1, backend="cripser"),
-    "vgg19": lambda: fastloss.PerceptualLoss("vgg19", weights=None),
-    "vgg16": lambda: fastloss.PerceptualLoss("vgg16", weights=None),
-    "resnet18": lambda: fastloss.PerceptualLoss("resnet18", weights=None),
-    "lpips": lambda: fastloss.LPIPSLoss(weights=None),
+    "topology[cripser]": seed_topology,
+    **PERCEPTUAL,
 }
 
 
@@ -72,13 +56,7 @@ def inputs(key: str, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    return machine_summary(hardware.machine_info("cpu"))
 
 
 def interleaved(fns: dict[str, object], rounds: int) -> dict[str, np.ndarray]:

@@ -25,9 +25,16 @@ from fastloss import (
 )
 from fastloss.bench import workloads
 
-WEIGHTS_NOTE = "perceptual backbones use weights=None (random init): no pretrained weights can be downloaded here"
-SEED_BASELINE = "seed: cripser, 1 worker"
-REFERENCE_BETTI = "topolosses (C++ reference)"
+from .references import (
+    REFERENCE_BETTI,
+    SEED_BASELINE,
+    WEIGHTS_NOTE,
+    perceptual,
+    seed_topology,
+    topolosses_betti,
+)
+
+__all__ = ["CASES", "WEIGHTS_NOTE", "Case", "candidates"]
 
 
 @dataclass
@@ -60,15 +67,9 @@ def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
     return out
 
 
-def _seed_topology() -> nn.Module:
-    return fastloss.TopologicalLoss(workers=1, backend="cripser")
-
-
 def _topolosses_betti() -> dict[str, nn.Module]:
     """The C++ reference of Betti matching (topolosses, dev extra) as a baseline, where it is installed."""
     try:
-        from benchmarks.latency import topolosses_betti
-
         return {REFERENCE_BETTI: topolosses_betti()}
     except (ImportError, SystemExit):
         return {}
@@ -100,10 +101,9 @@ def _perceptual_workloads(full: bool) -> list[workloads.Workload]:
 
 CASES = {
     "topology": Case("TopologicalLoss", lambda: fastloss.TopologicalLoss(), _topology_workloads,
-                     lambda: {SEED_BASELINE: _seed_topology()}),
+                     lambda: {SEED_BASELINE: seed_topology()}),
     "betti": Case("BettiMatchingLoss", lambda: fastloss.BettiMatchingLoss(), _betti_workloads, _topolosses_betti),
-    "vgg19": Case("PerceptualLoss(vgg19)", lambda: fastloss.PerceptualLoss("vgg19", weights=None), _perceptual_workloads),
-    "resnet18": Case("PerceptualLoss(resnet18)", lambda: fastloss.PerceptualLoss("resnet18", weights=None),
-                     _perceptual_workloads),
-    "lpips": Case("LPIPSLoss(vgg)", lambda: fastloss.LPIPSLoss(weights=None), _perceptual_workloads),
+    "vgg19": Case("PerceptualLoss(vgg19)", lambda: perceptual("vgg19"), _perceptual_workloads),
+    "resnet18": Case("PerceptualLoss(resnet18)", lambda: perceptual("resnet18"), _perceptual_workloads),
+    "lpips": Case("LPIPSLoss(vgg)", lambda: perceptual("lpips"), _perceptual_workloads),
 }

@@ -73,7 +73,7 @@ def make_perceptual(kind: str, weights: str | None) -> nn.Module:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="balanced",
-                        help="a registered perceptual preset (" + ", ".join(fastloss.list_presets("perceptual")) + ") or none")
+                        help="a registered perceptual preset (" + ", ".join(fastloss.list_presets("perceptual", include_measured=False)) + ") or none")
     parser.add_argument("--loss", choices=("vgg19", "lpips"), default="vgg19")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave torch's default)")
     args = parser.parse_args(argv)
-    if args.preset not in (*fastloss.list_presets("perceptual"), "none"):
-        parser.error(f"--preset must be one of {[*fastloss.list_presets('perceptual'), 'none']}, got {args.preset!r}")
+    if args.preset not in (*fastloss.list_presets("perceptual", include_measured=False), "none"):
+        parser.error(f"--preset must be one of {[*fastloss.list_presets('perceptual', include_measured=False), 'none']}, got {args.preset!r}")
     threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

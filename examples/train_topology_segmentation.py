@@ -116,7 +116,7 @@ def build_topology_loss(preset: str, weight: float, start_epoch: int, steps_per_
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="balanced",
-                        help="a registered topology preset (" + ", ".join(fastloss.list_presets("topology")) + ") or none")
+                        help="a registered topology preset (" + ", ".join(fastloss.list_presets("topology", include_measured=False)) + ") or none")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave torch's default)")
     args = parser.parse_args(argv)
-    if args.preset not in (*fastloss.list_presets("topology"), "none"):
-        parser.error(f"--preset must be one of {[*fastloss.list_presets('topology'), 'none']}, got {args.preset!r}")
+    if args.preset not in (*fastloss.list_presets("topology", include_measured=False), "none"):
+        parser.error(f"--preset must be one of {[*fastloss.list_presets('topology', include_measured=False), 'none']}, got {args.preset!r}")
     threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -41,10 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from . import hardware
-from .bench.harness import CandidateResult, _deviation, emulated_reason
-from .bench.measure import StepClock, training_step
-from .presets import PresetLoss, _check_unwrapped, list_presets, stack_description
+from .presets import PresetLoss, list_presets, register_measured_preset
+from .presets.preset_loss import check_unwrapped
 from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss
+from .wrappers.base import describe_stack
 
 __all__ = ["AutotuneCandidate", "AutotuneResult", "autotune", "default_candidates"]
 
@@ -125,7 +125,7 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     """
     kind = getattr(loss, "preset_kind", None)
     out: dict[str, Callable[[], nn.Module]] = {}
-    for name in list_presets(kind):
+    for name in list_presets(kind, include_measured=False):
         if name != "exact":
             out[f"preset:{name}"] = lambda name=name: PresetLoss(name, kind, copy.deepcopy(loss))
     topology = kind == "topology" and hasattr(loss, "config")
@@ -226,7 +226,14 @@ def autotune(
         >>> result.chosen in [c.name for c in result.candidates] + ["exact"]
         True
     """
-    loss = _check_unwrapped(loss)
+    from .bench.harness import (  # the harness loads when measuring
+        CandidateResult,
+        _deviation,
+        emulated_reason,
+    )
+    from .bench.measure import StepClock, training_step
+
+    loss = check_unwrapped(loss)
     if not isinstance(input, Tensor):
         raise TypeError(f"`input` must be a torch.Tensor, got {type(input).__name__}")
     _check("max_loss_error", max_loss_error, 0.0, math.inf)
@@ -270,7 +277,7 @@ def autotune(
         if isinstance(module, PresetLoss):
             module.resolve(device)
         templates[name] = module
-        entries[name] = AutotuneCandidate(name, stack_description(module), loss=module)
+        entries[name] = AutotuneCandidate(name, describe_stack(module), loss=module)
         results[name] = CandidateResult(name)
         reason = emulated_reason(module, device)
         if reason is not None:
@@ -359,3 +366,15 @@ def choose(candidates: Sequence[AutotuneCandidate]) -> AutotuneCandidate | None:
     if not passing:
         return None
     return sorted(passing, key=lambda c: (-c.speedup, c.name))[0]
+
+
+def _auto_preset(loss: nn.Module, example: tuple[Tensor, Tensor | None], **kwargs) -> nn.Module:
+    """``preset("auto", loss, example=(input, target), **kwargs)``: the stack :func:`autotune` chooses."""
+    return autotune(loss, *example, **kwargs).loss
+
+
+register_measured_preset(
+    "auto", _auto_preset,
+    "measured on your machine and batch: the fastest candidate within the deviation bounds (fastloss.autotune)",
+    "fastloss.autotune",
+)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["Capabilities", "capabilities", "cpu_model"]
+__all__ = ["Capabilities", "capabilities", "cpu_model", "machine_info", "normalise"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ class Capabilities:
     tf32_matmul: bool = False
     cpu_capability: str | None = None
     compute_capability: tuple[int, int] | None = None
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def device_type(self) -> str:
@@ -165,7 +164,7 @@ def _detect(device: torch.device) -> Capabilities:
                             compute_capability=(major, minor))
     if device.type == "mps":
         return Capabilities("mps", "Apple GPU", (torch.float16,))
-    return Capabilities(str(device), str(device), (), notes=("unknown device type: no low precision assumed native",))
+    return Capabilities(str(device), str(device), ())  # an unknown device type: no low precision assumed native
 
 
 @functools.cache
@@ -182,13 +181,47 @@ def _tf32_now(caps: Capabilities) -> Capabilities:
     return caps if (conv, matmul) == (caps.tf32_conv, caps.tf32_matmul) else replace(caps, tf32_conv=conv, tf32_matmul=matmul)
 
 
+def normalise(device: torch.device | str) -> torch.device:
+    """``device`` with an explicit index on CUDA (``cuda`` -> ``cuda:<current>``): the one way fastloss
+    decides whether two devices are the same."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def capabilities(device: torch.device | str = "cpu") -> Capabilities:
     """What ``device`` computes natively (cached per device; TF32 flags read live)."""
-    device = torch.device(device)
-    index = device.index
-    if device.type == "cuda" and index is None:
-        index = torch.cuda.current_device()
-    return _tf32_now(_cached(device.type, index))
+    device = normalise(device)
+    return _tf32_now(_cached(device.type, device.index))
 
 
 capabilities.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]
+
+
+def machine_info(device: str = "cpu", threads: int = 1) -> dict:
+    """Where a figure was measured: the CPU model, torch's CPU capability, the native low-precision
+    dtypes, and on CUDA the GPU's name and compute capability."""
+    cpu = capabilities("cpu")
+    info = {
+        "node": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu.cpu_capability,
+        "cpu_native_low_precision": [str(d).replace("torch.", "") for d in cpu.native_dtypes],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "device": device,
+        "cuda": None,
+    }
+    if torch.device(device).type == "cuda":
+        caps = capabilities(device)
+        info["cuda"] = caps.name
+        info["cuda_compute_capability"] = list(caps.compute_capability) if caps.compute_capability else None
+        info["cuda_native_low_precision"] = [str(d).replace("torch.", "") for d in caps.native_dtypes]
+        info["tf32"] = {"conv": caps.tf32_conv, "matmul": caps.tf32_matmul}
+    return info

@@ -648,7 +648,8 @@ class TestPresets:
         x, y = batch()
         assert torch.allclose(lazy(x, y), 8 * F.mse_loss(x, y))
         assert isinstance(lazy.loss, IntervalLoss) and lazy.loss.every == 8
-        assert fastloss.list_presets("mine") == ["lazy"]
+        assert fastloss.list_presets("mine") == ["auto", "lazy"]  # "auto" (measured) applies to every kind
+        assert fastloss.list_presets("mine", include_measured=False) == ["lazy"]
         with pytest.raises(ValueError, match="already registered"):
             fastloss.register_preset("lazy", "mine", lambda loss: loss)
         with pytest.raises(ValueError, match=r"^`name` 'auto' is reserved: it is resolved by fastloss.autotune$"):
@@ -691,7 +692,7 @@ class TestPresetRegistryAndDescriptions:
         assert isinstance(down, DownsampledLoss) and down.factor == 2 and down.mode == "area"
 
     def test_stack_descriptions(self, simulate):
-        from fastloss.presets import stack_description
+        from fastloss.wrappers.base import describe_stack as stack_description
 
         simulate("bf16-cpu")
         topo = fastloss.preset("balanced", fastloss.TopologicalLoss(workers=1, backend="cripser"))
@@ -722,7 +723,7 @@ class TestPresetRegistryAndDescriptions:
         class Configured(nn.MSELoss):
             config = {"anything": 1}  # not a topology config: no `workers`
 
-        from fastloss.presets import stack_description
+        from fastloss.wrappers.base import describe_stack as stack_description
 
         assert stack_description(IntervalLoss(Configured(), every=2)) == "IntervalLoss(2) o Configured"
 
@@ -936,7 +937,8 @@ class TestCachedPHDefaultsAndBounds:
 class TestTargetCacheBytes:
     def test_bound_per_device(self, monkeypatch):
         from fastloss.hardware import Capabilities
-        from fastloss.presets import _perceptual_balanced, target_cache_bytes
+        from fastloss.presets import target_cache_bytes
+        from fastloss.presets.policies import _perceptual_balanced
 
         cpu = Capabilities("cpu", "test CPU", ())
         assert target_cache_bytes(cpu) == 1 << 30
@@ -1029,7 +1031,7 @@ class TestIntervalEdges:
 
 class TestBuilderSignatures:
     def test_which_builders_take_the_capabilities(self):
-        from fastloss.presets import _takes_capabilities
+        from fastloss.presets.registry import _takes_capabilities
 
         assert _takes_capabilities(lambda loss, c: loss)
         assert _takes_capabilities(lambda loss, caps=None: loss)

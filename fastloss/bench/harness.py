@@ -34,7 +34,6 @@ import copy
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,72 +45,10 @@ from ..losses._feature import FeatureLoss
 from ..wrappers import AMPLoss, CachedPH, LossWrapper
 from .deviation import cosine, low_pass, quantiles, spearman
 from .measure import StepClock, peak_memory, training_step, uses_outside_torch
+from .results import CandidateResult, Report
 from .workloads import Workload
 
-__all__ = ["CandidateResult", "Report", "compare", "emulated_reason"]
-
-PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-
-
-@dataclass
-class CandidateResult:
-    name: str
-    round_times: list[float] = field(default_factory=list)  # mean seconds per step, one per round
-    step_times: list[float] = field(default_factory=list)  # every timed step, all rounds
-    speedups: list[float] = field(default_factory=list)  # reference / candidate, one per round
-    deviation: dict = field(default_factory=dict)
-    memory_bytes: int | None = None
-    flops_per_step: float | str | None = None
-    cache: dict | None = None
-    description: str = ""
-    speedups_vs: dict[str, list[float]] = field(default_factory=dict)  # baseline name -> per-round speedups
-    status: str = "measured"  # or "dropped: <reason>"
-    first_step_ratio: float | None = None  # first timed step / the reference's
-
-    @property
-    def dropped(self) -> bool:
-        return self.status.startswith("dropped")
-
-    def speedup_summary(self, seed: int = 0, against: str | None = None) -> dict:
-        s = np.asarray(self.speedups if against is None else self.speedups_vs.get(against, []))
-        rng = np.random.default_rng(seed)
-        boot = np.median(rng.choice(s, size=(2000, len(s))), axis=1) if len(s) else np.array([np.nan])
-        return {
-            "median": float(np.median(s)) if len(s) else None,
-            "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
-            "min": float(s.min()) if len(s) else None,
-            "max": float(s.max()) if len(s) else None,
-            "samples": [float(v) for v in s],
-        }
-
-    def step_summary(self) -> dict:
-        return {k: v * 1e3 if v is not None else None for k, v in quantiles(self.step_times, PERCENTILES).items()}
-
-
-@dataclass
-class Report:
-    """The result of :func:`compare`: one reference and its candidates on one workload."""
-
-    loss: str
-    workload: str
-    device: str
-    threads: int
-    rounds: int
-    steps: int
-    reference: CandidateResult
-    candidates: dict[str, CandidateResult]
-    notes: list[str] = field(default_factory=list)
-    baselines: dict[str, CandidateResult] = field(default_factory=dict)
-    machine: dict = field(default_factory=dict)
-
-    @property
-    def protocol(self) -> str:
-        return (
-            f"interleaved rounds (order rotated each round), {self.rounds} rounds x {self.steps} training steps "
-            f"(forward + backward) per loss, fresh copy per round, 1 warm-up step, torch threads={self.threads}, "
-            f"device={self.device}, synchronised clock"
-        )
-
+__all__ = ["CandidateResult", "Report", "compare", "emulated_reason", "materialised"]
 
 def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
     """Why ``loss`` would compute in a dtype ``device`` only emulates (``None`` if it would not).
@@ -131,13 +68,12 @@ def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
     return None
 
 
-def _resolved(loss: nn.Module, device: torch.device) -> nn.Module:
-    """Resolve the presets inside ``loss`` for ``device`` now, so their stack (and gains) exist before timing."""
-    from ..presets import PresetLoss
-
+def materialised(loss: nn.Module, device: torch.device) -> nn.Module:
+    """Let every wrapper in ``loss`` build what it builds lazily for ``device`` (a preset resolves its
+    stack), so that exists, gains included, before timing; returns ``loss``."""
     for m in list(loss.modules()):
-        if isinstance(m, PresetLoss) and m.resolved_for is None:
-            m.resolve(device)
+        if isinstance(m, LossWrapper):
+            m.materialise(device)
     return loss
 
 
@@ -245,7 +181,7 @@ def compare(
         trajectory = [(x.to(device), t.to(device)) for x, t in workload.trajectory()]
         # copies: measuring must neither move nor step the caller's modules
         everything = {"reference": reference, **baselines, **candidates}
-        templates = {k: _resolved(copy.deepcopy(v).to(device), device) for k, v in everything.items()}
+        templates = {k: materialised(copy.deepcopy(v).to(device), device) for k, v in everything.items()}
         results = {k: CandidateResult(k) for k in templates}
         clock = StepClock(device)
 
@@ -326,8 +262,6 @@ def compare(
                 res.memory_bytes = peak_memory(lambda loss=loss, x=x, t=t: training_step(loss, x, t), device)
     finally:
         torch.set_num_threads(previous_threads)
-    from .report import machine_info
-
     return Report(
         loss=name or type(reference).__name__,
         workload=workload.name,
@@ -339,5 +273,5 @@ def compare(
         candidates=results,
         notes=[f"python {platform.python_version()}, torch {torch.__version__}"],
         baselines=base_results,
-        machine=machine_info(str(device), threads),
+        machine=hardware.machine_info(str(device), threads),
     )

@@ -4,45 +4,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import subprocess
 from pathlib import Path
 
-import torch
-
-from .. import hardware
-from .harness import CandidateResult, Report
+from .._version import __version__
+from ..hardware import machine_info
+from .results import CandidateResult, Report
 
 __all__ = ["machine_info", "machine_summary", "markdown_table", "plot", "same_machine", "to_json", "write_json"]
-
-
-def machine_info(device: str = "cpu", threads: int = 1) -> dict:
-    """Where a figure was measured: the CPU model, torch's CPU capability, the native low-precision
-    dtypes, and on CUDA the GPU's name and compute capability (see :mod:`fastloss.hardware`)."""
-    cpu = hardware.capabilities("cpu")
-    info = {
-        "node": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "cpu_model": hardware.cpu_model(),
-        "cpu_capability": cpu.cpu_capability,
-        "cpu_native_low_precision": [str(d).replace("torch.", "") for d in cpu.native_dtypes],
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "device": device,
-        "cuda": None,
-    }
-    if torch.device(device).type == "cuda":
-        caps = hardware.capabilities(device)
-        info["cuda"] = caps.name
-        info["cuda_compute_capability"] = list(caps.compute_capability) if caps.compute_capability else None
-        info["cuda_native_low_precision"] = [str(d).replace("torch.", "") for d in caps.native_dtypes]
-        info["tf32"] = {"conv": caps.tf32_conv, "matmul": caps.tf32_matmul}
-    return info
 
 
 def machine_summary(info: dict) -> str:
@@ -116,7 +85,7 @@ def to_json(reports: list[Report], notes: list[str] | None = None) -> dict:
         "machine_info": first.machine if first is not None and first.machine else machine_info(),
         "commit_info": commit_info(),
         "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "version": __import__("fastloss").__version__,
+        "version": __version__,
         "notes": list(notes or []),
         "benchmarks": [
             entry for r in reports

@@ -108,6 +108,11 @@ class FeatureLoss(nn.Module):
             self.explicit["compute_dtype"] = compute_dtype
             self.use_dtype(compute_dtype)
 
+    def summary(self) -> str:
+        """The loss, its backbone and its compute settings in a few words (for stack descriptions)."""
+        dtype = str(self.compute_dtype).replace("torch.", "")
+        return f"{type(self).__name__}({self.backbone_name}, {dtype}{', channels_last' if self.channels_last else ''})"
+
     # --- subclass API -------------------------------------------------------------------------
     def backbone(self) -> nn.Module:
         """The frozen network whose weights the fast path casts and re-lays out."""

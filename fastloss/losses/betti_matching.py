@@ -70,7 +70,7 @@ from .._validation import (
     upcast,
 )
 from ..ph import matching as bm
-from .topological import _to_numpy, run_per_map, sum_per_map
+from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
 
 __all__ = [
     "BettiMatchingConfig",
@@ -202,8 +202,8 @@ def target_side(cfg: BettiMatchingConfig, g: np.ndarray, dims: tuple[int, ...]) 
     return bm.target_side(g, cfg.construction, dims)
 
 
-def fresh_match(f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...] | None = None) -> MatchSelection:
-    """The exact Betti matching of one prediction map against a target side (``dims``: the side's)."""
+def fresh_match(f: np.ndarray, side: bm.TargetSide) -> MatchSelection:
+    """The exact Betti matching of one prediction map against a target side (its dims are the side's)."""
     return match_selection(bm.betti_matching(f, side))
 
 
@@ -213,7 +213,7 @@ Selector = Callable[[BettiMatchingConfig, np.ndarray, np.ndarray, tuple[int, ...
 
 def exact_matchings(cfg: BettiMatchingConfig, f: np.ndarray, g: np.ndarray, dims) -> list[MatchSelection]:
     """Every map's matching (target side included), in the loss's thread pool."""
-    return run_per_map(lambda i: fresh_match(f[i], target_side(cfg, g[i], dims), dims), len(f), cfg.workers,
+    return run_per_map(lambda i: fresh_match(f[i], target_side(cfg, g[i], dims)), len(f), cfg.workers,
                        "Betti matching")
 
 
@@ -228,12 +228,10 @@ def matching_loss(f: Tensor, g: Tensor, selections: Sequence[MatchSelection], cf
         device, dtype = f.device, f.dtype
 
         def index(name: str) -> Tensor:
-            parts = [getattr(s, name) + i * numel for i, s in enumerate(selections)]
-            return torch.from_numpy(np.concatenate(parts).astype(np.int64)).to(device)
+            return selection_index(selections, name, numel, device)
 
         def owner(name: str) -> Tensor:
-            ids = [np.full(len(getattr(s, name)), i, np.int64) for i, s in enumerate(selections)]
-            return torch.from_numpy(np.concatenate(ids)).to(device)
+            return selection_owner(selections, name, device)
 
         def weights(name: str) -> Tensor | float:
             if cfg.dim_weights is None:
@@ -266,7 +264,7 @@ def _betti_matching_loss(cfg: BettiMatchingConfig, input: object, target: object
     input, target = cfg.check(input, target)
     f, g = cfg.maps(input, target)
     dims = cfg.dims_for(f.ndim - 1)
-    selections = select(cfg, _to_numpy(f), _to_numpy(g), dims)
+    selections = select(cfg, to_numpy(f), to_numpy(g), dims)
     per_map = matching_loss(f, g, selections, cfg).reshape(input.shape[:2])
     return reduce_loss(per_map, cfg.reduction)
 
@@ -377,10 +375,20 @@ class BettiMatchingLoss(nn.Module):
         """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
         return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
 
-    # --- the hooks CachedPH caches through (see fastloss.wrappers.cached_ph) ---------------------
-    def compute_with(self, input: Tensor, target: Tensor, select: Selector) -> Tensor:
+    # --- the hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------------
+    @property
+    def workers(self) -> int | None:
+        return self.config.workers
+
+    def target_key(self) -> str:
+        return self.config.construction
+
+    def uncacheable_reason(self) -> str | None:
+        return None
+
+    def compute_with(self, input: Tensor, target: Tensor, select: SelectionStep) -> Tensor:
         """The loss with ``select`` as its selection step."""
-        return _betti_matching_loss(self.config, input, target, select)
+        return _betti_matching_loss(self.config, input, target, lambda _cfg, f, g, dims: select(f, g, dims))
 
     def target_side(self, g: np.ndarray, dims: tuple[int, ...]) -> bm.TargetSide:
         """The exact target-only part of one map (its filtration, cell orders and barcode)."""
@@ -388,7 +396,14 @@ class BettiMatchingLoss(nn.Module):
 
     def select(self, f: np.ndarray, side: bm.TargetSide, dims: tuple[int, ...]) -> MatchSelection:
         """One map's exact matching against a cached target side."""
-        return fresh_match(f, side, dims)
+        return fresh_match(f, side)
+
+    def summary(self) -> str:
+        """The loss and its speed knobs in a few words (for stack descriptions)."""
+        knobs = [f"workers={self.config.workers}"]
+        if getattr(self.config, "backend", None) is not None:
+            knobs.append(f"backend={self.config.backend}")
+        return f"{type(self).__name__}({', '.join(knobs)})"
 
     def extra_repr(self) -> str:
         c = self.config

@@ -29,9 +29,7 @@ The module is split so that :class:`fastloss.CachedPH` can reuse its parts: :fun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cripser
@@ -57,6 +55,7 @@ from .._validation import (
     reduce_loss,
     upcast,
 )
+from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
 
 __all__ = [
     "BarSelection",
@@ -177,11 +176,8 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     ext = torch.cat([flat, flat.new_ones(n, 1)], dim=1).reshape(-1)
 
     def gather(name: str) -> tuple[Tensor, Tensor]:
-        parts = [getattr(s, name) + i * stride for i, s in enumerate(selections)]
-        ids = [np.full(len(getattr(s, name)), i, dtype=np.int64) for i, s in enumerate(selections)]
-        index = torch.from_numpy(np.concatenate(parts)).to(f.device)
-        owner = torch.from_numpy(np.concatenate(ids)).to(f.device)
-        return torch.take(ext, index), owner
+        index = selection_index(selections, name, stride, f.device)
+        return torch.take(ext, index), selection_owner(selections, name, f.device)
 
     kb, keep_owner = gather("keep_birth")
     kd, _ = gather("keep_death")
@@ -189,38 +185,6 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     dd, _ = gather("drop_death")
     return sum_per_map(f, n, ((keep_owner, kb.square() + (1 - kd).square()), (drop_owner, (dd - db).square())))
 
-
-def sum_per_map(like: Tensor, n: int, terms) -> Tensor:
-    """``(n,)`` sums of ``(owner, values)`` term pairs (``values[i]`` belongs to map ``owner[i]``), in the
-    dtype of ``like``. A map has up to ~10^5 terms: float32 values are accumulated in float64 (where the
-    device has it), so the sum is float64-accurate (float32 ``index_add`` drifted 1.3e-5 relative)."""
-    wide = torch.float64 if like.dtype in (torch.float32, torch.float64) and like.device.type != "mps" else like.dtype
-    out = torch.zeros(n, dtype=wide, device=like.device)
-    for owner, values in terms:
-        out = out.index_add(0, owner, values.to(wide))
-    return out.to(like.dtype)
-
-
-def run_per_map(fn: Callable[[int], object], n: int, workers: int | None, what: str,
-                index: Sequence[int] | None = None) -> list:
-    """Run ``fn(i)`` for ``i < n`` in a thread pool (both PH engines release the GIL); ``workers=1`` is sequential.
-
-    A worker's exception surfaces here as a ``RuntimeError`` naming the map it failed on: ``index[i]`` (the
-    map's place in the batch, when ``fn`` runs over a subset of it), else ``i``.
-    """
-    workers = min(n, os.cpu_count() or 1) if workers is None else min(workers, n)
-
-    def guarded(i: int) -> object:
-        try:
-            return fn(i)
-        except Exception as exc:  # re-raised below with the map index
-            where = i if index is None else index[i]
-            raise RuntimeError(f"{what} failed on map {where}: {type(exc).__name__}: {exc}") from exc
-
-    if workers <= 1:
-        return [guarded(i) for i in range(n)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastloss-ph") as pool:
-        return list(pool.map(guarded, range(n)))
 
 
 @dataclass(frozen=True)
@@ -290,12 +254,6 @@ class TopologyConfig:
         return (1 - p).reshape(-1, *input.shape[2:])
 
 
-def _to_numpy(x: Tensor) -> np.ndarray:
-    """A detached CPU copy, float64 for float64 tensors and float32 otherwise (exact for every float
-    dtype torch has below 64 bits; the native engine sorts float32 keys, cripser upcasts)."""
-    return x.detach().to("cpu", torch.float64 if x.dtype == torch.float64 else torch.float32).numpy()
-
-
 def fresh_selection(
     f: np.ndarray, betti: Sequence[int], dims: Sequence[int], construction: str, backend: str = "auto"
 ) -> BarSelection:
@@ -322,8 +280,8 @@ def _topological_loss(cfg: TopologyConfig, input: object, target: object, select
     input, target = cfg.check(input, target)
     f = cfg.filtration(input)
     dims = cfg.dims_for(f.ndim - 1)
-    masks = None if target is None else _to_numpy(target.reshape(f.shape)).astype(np.uint8)  # binary (checked)
-    selections = select(cfg, _to_numpy(f), masks, dims)
+    masks = None if target is None else to_numpy(target.reshape(f.shape)).astype(np.uint8)  # binary (checked)
+    selections = select(cfg, to_numpy(f), masks, dims)
     per_map = selection_loss(f, selections).reshape(input.shape[:2])
     return reduce_loss(per_map, cfg.reduction)
 
@@ -423,10 +381,20 @@ class TopologicalLoss(nn.Module):
         """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
         return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
 
-    # --- the hooks CachedPH caches through (see fastloss.wrappers.cached_ph) ---------------------
-    def compute_with(self, input: Tensor, target: Tensor | None, select: Selector) -> Tensor:
+    # --- the hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------------
+    @property
+    def workers(self) -> int | None:
+        return self.config.workers
+
+    def target_key(self) -> str:
+        return self.config.construction
+
+    def uncacheable_reason(self) -> str | None:
+        return None if self.config.betti is None else "a `betti` prior has none"
+
+    def compute_with(self, input: Tensor, target: Tensor | None, select: SelectionStep) -> Tensor:
         """The loss with ``select`` as its selection step."""
-        return _topological_loss(self.config, input, target, select)
+        return _topological_loss(self.config, input, target, lambda _cfg, f, masks, dims: select(f, masks, dims))
 
     def target_side(self, mask: np.ndarray, dims: Sequence[int]) -> tuple[int, ...]:
         """The exact target-only part of one map: its Betti numbers."""
@@ -435,6 +403,13 @@ class TopologicalLoss(nn.Module):
     def select(self, f: np.ndarray, side: Sequence[int], dims: Sequence[int]) -> BarSelection:
         """One map's exact bar selection against the target's Betti numbers."""
         return fresh_selection(f, side, dims, self.config.construction, self.config.backend)
+
+    def summary(self) -> str:
+        """The loss and its speed knobs in a few words (for stack descriptions)."""
+        knobs = [f"workers={self.config.workers}"]
+        if getattr(self.config, "backend", None) is not None:
+            knobs.append(f"backend={self.config.backend}")
+        return f"{type(self).__name__}({', '.join(knobs)})"
 
     def extra_repr(self) -> str:
         c = self.config

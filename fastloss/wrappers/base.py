@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_int, check_tensor, upcast
 from .._warnings import warn
 
-__all__ = ["CLOCKS", "LossWrapper", "ShapeUnknown", "loss_output_shape", "zero_loss"]
+__all__ = ["CLOCKS", "LossWrapper", "ShapeUnknown", "describe_stack", "loss_output_shape", "summary", "zero_loss"]
 
 CLOCKS = ("backward", "optimizer", "calls", "manual")
 # makes the clock's read-compare-advance atomic across threads (one lock for all stacks: it is held for
@@ -119,6 +119,22 @@ def _signature(loss: nn.Module, input: Tensor, target: Tensor | None) -> tuple:
         return None if x is None else (tuple(x.shape), x.dtype, x.device.type)
 
     return of(input), of(target) if isinstance(target, Tensor) else target, _reduction(loss)
+
+
+def summary(module: nn.Module) -> str:
+    """One module in a few words: its own ``summary()`` (every fastloss loss and wrapper has one), else
+    its class name."""
+    own = getattr(type(module), "summary", None)
+    return module.summary() if callable(own) else type(module).__name__
+
+
+def describe_stack(module: nn.Module) -> str:
+    """``IntervalLoss(4) o CachedPH(refresh_every=1) o TopologicalLoss(workers=None)``: a stack in one line."""
+    parts = [summary(module)]
+    while isinstance(module, LossWrapper):
+        module = module.loss
+        parts.append(summary(module))
+    return " o ".join(parts)
 
 
 def _walk_wrappers(module: nn.Module, enclosing: tuple, found: list) -> None:
@@ -407,6 +423,19 @@ class LossWrapper(nn.Module):
 
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    # --- describing and preparing --------------------------------------------------------------
+    def summary(self) -> str:
+        """This wrapper alone in a few words (its class name; subclasses add their settings)."""
+        return type(self).__name__
+
+    def describe(self) -> str:
+        """The stack from this wrapper down, in one line (``IntervalLoss(4) o DownsampledLoss(2, area) o ...``)."""
+        return describe_stack(self)
+
+    def materialise(self, device: torch.device) -> None:
+        """Build whatever this wrapper builds lazily, for ``device``, now (a harness calls it on every
+        wrapper of a stack before timing, so no timed step pays for it). Default: nothing to build."""
 
     def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
         """The shape :meth:`forward` returns for these inputs: the one remembered for their signature, else

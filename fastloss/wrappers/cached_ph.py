@@ -30,10 +30,11 @@ on load (with a ``UserWarning`` when they differ): a checkpoint never turns an e
 BettiMatchingLoss's target sides (arrays the size of the map) are not saved: they are exact and rebuilt
 on the next visit.
 
-The loss provides the pieces through four hooks, so CachedPH holds no loss-specific code:
-``compute_with(input, target, select)`` (the loss around a selection step), ``target_side(mask, dims)``
-(exact, target only), ``select(f, side, dims)`` (one map's fresh pairing) and ``Selection`` (its
-dataclass of index arrays).
+The loss provides the pieces through the hooks of :class:`fastloss.losses._topology.CacheablePH`, so
+CachedPH holds no loss-specific code: ``compute_with(input, target, select)`` (the loss around a
+selection step), ``target_side(mask, dims)`` (exact, target only), ``select(f, side, dims)`` (one map's
+fresh pairing), ``Selection`` (its dataclass of index arrays), ``workers``, ``target_key()`` (what
+besides the mask a target side depends on) and ``uncacheable_reason()``.
 """
 
 from __future__ import annotations
@@ -50,19 +51,17 @@ from torch import Tensor
 
 from .._validation import check_choice, check_positive_int
 from .._warnings import warn
-from ..losses.betti_matching import BettiMatchingLoss
-from ..losses.topological import BarSelection, TopologicalLoss, TopologyConfig, run_per_map
+from ..losses._topology import CacheablePH, run_per_map
 from .base import LossWrapper
 
 __all__ = ["CachedPH"]
 
 REFRESH_MODES = ("sync", "async")
-PH_LOSSES = (TopologicalLoss, BettiMatchingLoss)
 
 
 @dataclass
 class _Pairing:
-    selection: BarSelection
+    selection: object  # the loss's Selection
     uses: int  # visits served by this pairing so far
 
 
@@ -105,18 +104,19 @@ class CachedPH(LossWrapper):
 
     def __init__(
         self,
-        loss: TopologicalLoss | BettiMatchingLoss,
+        loss: CacheablePH,
         refresh_every: int = 5,
         max_entries: int = 4096,
         refresh: str = "sync",
     ) -> None:
-        if not isinstance(loss, PH_LOSSES):
+        if not isinstance(loss, CacheablePH):
             raise TypeError(
                 f"`loss` must be a fastloss.TopologicalLoss or fastloss.BettiMatchingLoss (CachedPH caches "
                 f"persistent homology), got {type(loss).__name__}"
             )
-        if getattr(loss.config, "betti", None) is not None:
-            raise ValueError("CachedPH needs target masks to recognise samples; a `betti` prior has none")
+        reason = loss.uncacheable_reason()
+        if reason is not None:
+            raise ValueError(f"CachedPH needs target masks to recognise samples; {reason}")
         check_positive_int("refresh_every", refresh_every)
         check_positive_int("max_entries", max_entries)
         check_choice("refresh", refresh, REFRESH_MODES)
@@ -136,7 +136,7 @@ class CachedPH(LossWrapper):
         for future in getattr(self, "_pending", {}).values():
             future.cancel()  # a refresh already running finishes in the background; its result is dropped
         self._pending = {}
-        self._betti: OrderedDict[str, object] = OrderedDict()  # target sides
+        self._targets: OrderedDict[str, object] = OrderedDict()  # target sides (exact)
         self._target_bytes = 0
         self._pairings: OrderedDict[str, _Pairing] = OrderedDict()
         self._stats = dict.fromkeys(
@@ -146,19 +146,19 @@ class CachedPH(LossWrapper):
     def cache_info(self) -> dict[str, int]:
         """Counters, the number of cached pairings and target sides, and the bytes the target sides hold
         (Betti matching's filtrations and barcodes; Betti numbers count as 0), bounded by ``max_target_bytes``."""
-        return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._betti),
+        return {**self._stats, "entries": len(self._pairings), "target_entries": len(self._targets),
                 "target_bytes": self._target_bytes}
 
     def _put(self, cache: OrderedDict, key: str, value: object) -> None:
-        if cache is self._betti:
+        if cache is self._targets:
             self._target_bytes += getattr(value, "nbytes", 0) - getattr(cache.get(key), "nbytes", 0)
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > self.max_entries or (
-            cache is self._betti and len(cache) > 1 and self._target_bytes > self.max_target_bytes
+            cache is self._targets and len(cache) > 1 and self._target_bytes > self.max_target_bytes
         ):
             old, gone = cache.popitem(last=False)
-            if cache is self._betti:
+            if cache is self._targets:
                 self._target_bytes -= getattr(gone, "nbytes", 0)
             self._stats["evictions"] += 1
             if cache is self._pairings and old in self._pending:
@@ -166,7 +166,7 @@ class CachedPH(LossWrapper):
 
     def _key(self, mask: np.ndarray) -> str:
         h = hashlib.blake2b(digest_size=16)
-        h.update(repr((mask.shape, self.loss.config.construction)).encode())
+        h.update(repr((mask.shape, self.loss.target_key())).encode())
         h.update(np.ascontiguousarray(mask).tobytes())
         return h.hexdigest()
 
@@ -192,54 +192,54 @@ class CachedPH(LossWrapper):
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         return self.loss.compute_with(input, target, self._selections)
 
-    def _selections(self, cfg: TopologyConfig, f_np: np.ndarray, masks: np.ndarray, dims) -> list[BarSelection]:
+    def _selections(self, f_np: np.ndarray, masks: np.ndarray, dims) -> list:
         """The selection step of the loss, served from the caches (``masks``: the targets as the loss
         hands them to its selection step)."""
         keys = [self._key(m) for m in masks]
-        bettis = self._target_betti(keys, masks, dims)
+        sides = self._target_sides(keys, masks, dims)
         if not self.counting:  # validation: exact pairing, caches untouched
             self._stats["exact"] += len(keys)
-            fresh = self._compute(f_np, bettis, dims, range(len(keys)))
+            fresh = self._compute(f_np, sides, dims, range(len(keys)))
             return [fresh[i] for i in range(len(keys))]
-        return self._plan(keys, f_np, bettis, dims)
+        return self._plan(keys, f_np, sides, dims)
 
-    def _compute(self, f_np, bettis, dims, which) -> dict[int, BarSelection]:
+    def _compute(self, f_np, sides, dims, which) -> dict[int, object]:
         """Fresh pairings for maps ``which``, computed in the loss's thread pool."""
         which = list(which)
         out = run_per_map(
-            lambda j: self.loss.select(f_np[which[j]], bettis[which[j]], dims),
-            len(which), self.loss.config.workers, "persistent homology", index=which,
+            lambda j: self.loss.select(f_np[which[j]], sides[which[j]], dims),
+            len(which), self.loss.workers, "persistent homology", index=which,
         )
         return dict(zip(which, out, strict=True))
 
-    def _target_betti(self, keys: list[str], masks: np.ndarray, dims) -> list[object]:
+    def _target_sides(self, keys: list[str], masks: np.ndarray, dims) -> list[object]:
         # Read every hit before inserting anything: a batch larger than the cache's free room would
         # otherwise evict a hit before it is read.
-        result: list[tuple[int, ...] | None] = []
+        result: list[object | None] = []
         for key in keys:
-            result.append(self._betti.get(key))
+            result.append(self._targets.get(key))
             if result[-1] is not None:
-                self._betti.move_to_end(key)
+                self._targets.move_to_end(key)
         first_miss = {k: i for i, k in reversed(list(enumerate(keys))) if result[i] is None}
         missing = sorted(first_miss.values())
         self._stats["target_misses"] += len(missing)
         self._stats["target_hits"] += len(keys) - len(missing)
         computed = run_per_map(
             lambda j: self.loss.target_side(masks[missing[j]], dims),
-            len(missing), self.loss.config.workers, "target persistent homology", index=missing,
+            len(missing), self.loss.workers, "target persistent homology", index=missing,
         ) if missing else []
         found = {keys[i]: b for i, b in zip(missing, computed, strict=True)}
-        for key, betti in found.items():
-            self._put(self._betti, key, betti)
+        for key, side in found.items():
+            self._put(self._targets, key, side)
         return [found[k] if b is None else b for k, b in zip(keys, result, strict=True)]
 
-    def _record(self, key: str, selection: BarSelection) -> None:
+    def _record(self, key: str, selection: object) -> None:
         self._stats["misses" if key not in self._pairings else "refreshes"] += 1
         self._put(self._pairings, key, _Pairing(selection, 1))
 
-    def _plan(self, keys, f_np, bettis, dims) -> list[BarSelection]:
+    def _plan(self, keys, f_np, sides, dims) -> list:
         """Decide per map: reuse the cached pairing, take a finished async refresh, or compute now."""
-        chosen: dict[int, BarSelection] = {}
+        chosen: dict[int, object] = {}
         compute_now: list[int] = []
         for i, key in enumerate(keys):
             entry = self._pairings.get(key)
@@ -255,12 +255,12 @@ class CachedPH(LossWrapper):
                 self._stats["hits"] += 1
                 self._pairings.move_to_end(key)
                 if self.refresh == "async" and entry.uses == self.refresh_every:
-                    args = (f_np[i].copy(), bettis[i], dims)
+                    args = (f_np[i].copy(), sides[i], dims)
                     self._pending[key] = self._submit(*args)
             else:
                 compute_now.append(i)
         if compute_now:
-            fresh = self._compute(f_np, bettis, dims, compute_now)
+            fresh = self._compute(f_np, sides, dims, compute_now)
             for i in compute_now:
                 chosen[i] = fresh[i]
                 self._record(keys[i], fresh[i])
@@ -271,14 +271,15 @@ class CachedPH(LossWrapper):
         self.wait()
         pending = {k: f.result() for k, f in self._pending.items()}
 
-        def pack(sel: BarSelection) -> list[Tensor]:
+        def pack(sel: object) -> list[Tensor]:
             return [torch.from_numpy(getattr(sel, f.name).copy()) for f in fields(sel)]
 
         return {
             "refresh_every": self.refresh_every,
             "max_entries": self.max_entries,
             "refresh": self.refresh,
-            "betti": [(k, list(v)) for k, v in self._betti.items() if isinstance(v, tuple)],  # see module doc
+            # small sides (tuples: Betti numbers) are saved; array sides are rebuilt (see the module docstring)
+            "targets": [(k, list(v)) for k, v in self._targets.items() if isinstance(v, tuple)],
             "pairings": [(k, pack(p.selection), p.uses) for k, p in self._pairings.items()],
             "pending": [(k, pack(s)) for k, s in pending.items()],
             "stats": dict(self._stats),
@@ -296,10 +297,11 @@ class CachedPH(LossWrapper):
                 + "; keeping this CachedPH's " + ", ".join(f"{k}={new!r}" for k, (_, new) in differs.items()),
             )
 
-        def unpack(tensors: list[Tensor]) -> BarSelection:
+        def unpack(tensors: list[Tensor]) -> object:
             return self.loss.Selection(*(t.numpy().astype(np.int64) for t in tensors))
 
-        self._betti = OrderedDict((k, tuple(v)) for k, v in state["betti"])
+        saved = state["targets"] if "targets" in state else state["betti"]  # "betti": fastloss 0.2's name
+        self._targets = OrderedDict((k, tuple(v)) for k, v in saved)
         self._target_bytes = 0
         self._pairings = OrderedDict((k, _Pairing(unpack(t), uses)) for k, t, uses in state["pairings"])
         for key, tensors in state["pending"]:
@@ -307,7 +309,7 @@ class CachedPH(LossWrapper):
             done.set_result(unpack(tensors))
             self._pending[key] = done
         self._stats = dict(state["stats"])
-        for cache in (self._betti, self._pairings):  # a smaller max_entries than the checkpoint's: evict LRU
+        for cache in (self._targets, self._pairings):  # a smaller max_entries than the checkpoint's: evict LRU
             while len(cache) > self.max_entries:
                 old, _ = cache.popitem(last=False)
                 self._pending.pop(old, None)
@@ -328,6 +330,9 @@ class CachedPH(LossWrapper):
             done: Future = Future()
             done.set_result(selection)
             self._pending[key] = done
+
+    def summary(self) -> str:
+        return f"{type(self).__name__}(refresh_every={self.refresh_every})"
 
     def extra_repr(self) -> str:
         return f"refresh_every={self.refresh_every}, max_entries={self.max_entries}, refresh={self.refresh!r}"

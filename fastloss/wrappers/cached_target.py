@@ -190,5 +190,8 @@ class CachedTarget(LossWrapper):
         state["_cache"], state["_bytes"], state["_probes"] = OrderedDict(), 0, {}
         return state
 
+    def summary(self) -> str:
+        return f"{type(self).__name__}({self.max_bytes / 2**20:.0f} MiB{', host' if self.storage else ''})"
+
     def extra_repr(self) -> str:
         return f"max_bytes={self.max_bytes}, device={self.storage!r}"

@@ -112,6 +112,9 @@ class DownsampledLoss(LossWrapper):
         small_target = None if target is None else _meta((*target.shape[:2], *size), target)
         return loss_output_shape(self.loss, _meta(small, input), small_target)
 
+    def summary(self) -> str:
+        return f"{type(self).__name__}({self.factor if self.size is None else self.size}, {self.mode})"
+
     def extra_repr(self) -> str:
         how = f"size={self.size}" if self.size is not None else f"factor={self.factor}"
         return f"{how}, mode={self.mode!r}, antialias={self.antialias}"

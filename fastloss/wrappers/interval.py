@@ -77,5 +77,8 @@ class IntervalLoss(LossWrapper):
         out = self.loss(input, target)
         return out * self.every if self.compensate else out
 
+    def summary(self) -> str:
+        return f"{type(self).__name__}({self.every})"
+
     def extra_repr(self) -> str:
         return f"every={self.every}, compensate={self.compensate}, offset={self.offset}"
