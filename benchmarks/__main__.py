@@ -1,7 +1,8 @@
 """Run the benchmark suite: ``python -m benchmarks [--full] [--losses ...] [--device ...] [--output DIR]``.
 
 Prints a markdown table per loss and workload, writes ``results.json`` (pytest-benchmark-shaped) and one
-PNG plot per loss/workload into the output directory (default ``results/bench/``).
+PNG plot per workload into the output directory (default ``results/bench/``). Seeded: the same command on
+the same machine gives the same deviation figures (speedups are timings: they vary within their interval).
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary(machine_info(args.device, args.threads))}")
     reports, started = [], time.perf_counter()
     jobs = [(key, wl) for key in args.losses for wl in CASES[key].make_workload(args.full)]
-    with tqdm(total=len(jobs), desc="benchmarks", unit="workload", file=sys.stderr) as bar:
+    # A progress bar only where both streams are terminals: in a log or a pipe it would interleave with
+    # the tables. With only stderr on a terminal, one line per workload goes there.
+    bar_ok = sys.stdout.isatty() and sys.stderr.isatty()
+    with tqdm(total=len(jobs), desc="benchmarks", unit="workload", file=sys.stderr, disable=not bar_ok) as bar:
         for i, (key, wl) in enumerate(jobs):
+            if not bar_ok and sys.stderr.isatty():
+                print(f"[{i + 1}/{len(jobs)}] {key} on {wl.name}", file=sys.stderr, flush=True)
             case = CASES[key]
             if args.steps is not None:
                 wl.epochs = max(1, min(wl.epochs, args.steps // max(1, wl.steps // wl.epochs)))
@@ -60,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                              drop_factor=args.drop_factor, time_budget=share,
                              progress=lambda msg, key=key: bar.set_postfix_str(f"{key}: {msg}"[:60]))
             reports.append(report)
-            tqdm.write(markdown_table(report) + "\n", file=sys.stdout)
+            if bar_ok:
+                tqdm.write(markdown_table(report) + "\n", file=sys.stdout)
+            else:
+                print(markdown_table(report) + "\n", flush=True)
             plot(report, out / f"{key}-{wl.name}.png")
             bar.update()
     path = write_json(reports, out / "results.json", notes=[WEIGHTS_NOTE])

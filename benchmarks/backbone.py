@@ -14,6 +14,8 @@ against float32:
 - ``cached-target``: ``cast-once`` (or ``fp32`` where no low precision is native) behind
   :class:`fastloss.CachedTarget`, the target repeating (steady state of an epoch-based run).
 
+Timing: :func:`fastloss.bench.protocol.time_calls` (``--calls`` calls per variant per round).
+
 Prints a markdown table (machine named) and writes ``--output`` (JSON). Random-init backbones
 (``weights=None``): the cost is the same as pretrained.
 """
@@ -31,7 +33,8 @@ import torch
 import fastloss
 from fastloss import hardware
 from fastloss.bench.deviation import cosine
-from fastloss.bench.measure import StepClock, peak_memory, training_step
+from fastloss.bench.measure import peak_memory, training_step
+from fastloss.bench.protocol import time_calls
 from fastloss.bench.report import machine_summary
 from fastloss.hardware import machine_info
 
@@ -70,8 +73,7 @@ class _TF32:
 
 
 def measure(name: str, size: int, batch: int, device: torch.device, rounds: int, calls: int, static: bool) -> list[dict]:
-    torch.manual_seed(0)
-    template = LOSSES[name]()
+    template = LOSSES[name]()  # seeded (benchmarks.references)
     make = lambda: copy.deepcopy(template)  # noqa: E731 - the same weights in every variant
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, size, size, generator=g).to(device)
@@ -79,7 +81,6 @@ def measure(name: str, size: int, batch: int, device: torch.device, rounds: int,
     table = {k: (loss.to(device), tf32) for k, (loss, tf32) in variants(make, device, static).items()}
     with _TF32(False):
         ref_value, ref_grad = training_step(table["fp32"][0], x, y)
-    clock = StepClock(device)
     rows = {}
     for key, (loss, tf32) in table.items():
         with _TF32(tf32):
@@ -90,12 +91,14 @@ def measure(name: str, size: int, batch: int, device: torch.device, rounds: int,
                          "grad_cosine": cosine(grad, ref_grad),
                          "value_rel_error": abs(float(value) - float(ref_value)) / max(abs(float(ref_value)), 1e-12),
                          "peak_mib": (peak_memory(lambda loss=loss: training_step(loss, x, y), device) or 0) / 2**20}
-    keys = list(table)
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            loss, tf32 = table[key]
-            with _TF32(tf32):
-                rows[key]["times"].append(sum(clock(lambda loss=loss: training_step(loss, x, y)) for _ in range(calls)) / calls)
+    def call(loss, tf32: bool) -> None:
+        with _TF32(tf32):
+            training_step(loss, x, y)
+
+    timings = time_calls({k: (lambda loss=loss, tf32=tf32: call(loss, tf32)) for k, (loss, tf32) in table.items()},
+                         rounds, device=device, calls=calls, reference="fp32", warmup=False)  # warmed up above
+    for key, timing in timings.items():
+        rows[key]["times"] = timing.round_times
     base = rows["fp32"]["times"]
     out = []
     for row in rows.values():

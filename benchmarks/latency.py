@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ import fastloss
 from fastloss import hardware
 from fastloss.bench import workloads
 from fastloss.bench.measure import training_step
+from fastloss.bench.protocol import time_calls
 from fastloss.bench.report import machine_summary
 from fastloss.losses import topological as topo
 
@@ -60,17 +60,9 @@ def machine() -> str:
 
 
 def interleaved(fns: dict[str, object], rounds: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each function, one call of each per round (order rotated every round)."""
-    names = list(fns)
-    for fn in fns.values():  # warm-up: compile, caches
-        fn()
-    times = {k: [] for k in names}
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: np.array(v) for k, v in times.items()}
+    """Seconds per call of each function, one call of each per round after one warm-up call (order rotated
+    every round; :func:`fastloss.bench.protocol.time_calls`)."""
+    return {k: np.array(t.round_times) for k, t in time_calls(fns, rounds).items()}
 
 
 def ph_cases(size: int, dim: int) -> tuple[str, dict, list[tuple[str, str, str]]]:

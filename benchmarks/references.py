@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 import fastloss
@@ -23,12 +24,15 @@ SEED_BASELINE = "seed: cripser, 1 worker"
 REFERENCE_BETTI = "topolosses (C++ reference)"
 
 
-def perceptual(backbone: str) -> nn.Module:
+def perceptual(backbone: str, seed: int = 0) -> nn.Module:
     """The perceptual reference ``backbone`` (``vgg16``, ``vgg19``, ``resnet18`` or ``lpips``), random init
-    (see :data:`WEIGHTS_NOTE`): the cost is the same as pretrained."""
-    if backbone == "lpips":
-        return fastloss.LPIPSLoss(weights=None)
-    return fastloss.PerceptualLoss(backbone, weights=None)
+    (see :data:`WEIGHTS_NOTE`; the cost is the same as pretrained), drawn from ``seed``: the same weights
+    in every run, so deviation figures reproduce. The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if backbone == "lpips":
+            return fastloss.LPIPSLoss(weights=None)
+        return fastloss.PerceptualLoss(backbone, weights=None)
 
 
 #: name -> factory of each perceptual reference

@@ -1,30 +1,33 @@
 """``autotune``: choose a wrapper stack by measuring on the user's own machine and batch.
 
 A static preset cannot know the machine it lands on (native bfloat16 or not, how many cores, how
-loaded). ``autotune`` measures each candidate — every registered preset of the loss's kind, each
-wrapper alone, and knobs that only change speed (the topology loss's ``workers`` and PH ``backend``) —
-against the exact loss, with the benchmark harness's protocol and deviation definitions, on a short
-trajectory built from the user's ``(input, target)``, and picks the fastest that stays within the
-stated bounds:
+loaded). ``autotune`` measures each candidate — every registered preset of the loss's kind and the
+candidates of :func:`register_candidate` (each wrapper alone, knobs that only change speed such as the
+topology loss's ``workers`` and PH ``backend``) — against the exact loss, with the benchmark harness's
+protocol (:mod:`fastloss.bench.protocol`) and deviation (:func:`fastloss.bench.deviation.deviation`),
+on a short trajectory built from the user's ``(input, target)``
+(:func:`fastloss.bench.workloads.batch_trajectory`), and picks the fastest that stays within bounds:
 
-- the trajectory: ``steps`` training steps built from the batch as an epoch-based run sees it — the
-  batch in four flipped variants visited in turn (each target comes back every fourth step; consecutive
-  steps see different content), the input moving toward the target (``x_t = (1 - a_t) input + a_t
-  target``, ``a_t`` up to 0.25) with fresh smooth noise, the way a prediction drifts in training;
-- timing: one warm-up step each, then ``rounds`` interleaved rounds (order rotated), every training step
-  timed with a synchronised clock (CUDA events on a GPU); speedup = reference / candidate per round,
-  median and bootstrap 95% interval;
-- deviation: per computed step, value error (relative, after dividing out the stack's gain) and
-  gradient cosine; and the cosine of the gradients accumulated over the trajectory. A candidate passes
-  when its median value error is at most ``max_loss_error`` and both its median per-step cosine and its
-  accumulated cosine are at least ``min_grad_cosine`` (so ``IntervalLoss`` is judged honestly: exact on
-  the steps it computes, and on what it adds up to);
+- the same computation is not timed twice: a candidate that runs exactly what the reference runs (e.g.
+  ``balanced`` where it adds no wrapper) or what another candidate runs is reported so, not timed;
+- timing: interleaved rounds, at least ``rounds`` and more (up to ``max_rounds``) while the budget
+  allows and a speedup's significance is still open; speedup = reference / candidate per round;
+- deviation: per computed step, value error and gradient cosine, and the cosine of the gradients
+  accumulated over the trajectory. A candidate *passes* when its median value error is at most
+  ``max_loss_error`` and both its median per-step cosine and its accumulated cosine are at least
+  ``min_grad_cosine`` (so ``IntervalLoss`` is judged on what it adds up to as well);
+- *faster* means significantly faster: the distribution-free one-sided 95% lower bound of its median
+  speedup lies above 1 (at least 5 rounds are needed for that); a passing candidate that is not is
+  reported "passes, not significantly faster";
 - early drop: a candidate that would compute in a dtype the device only emulates is dropped without
-  running; one whose first timed step is more than ``drop_factor`` times the reference's mean step
-  (over its first round) is dropped after it. ``time_budget`` bounds the whole call: a candidate not
-  measured by then is reported so;
-- the choice: the passing candidate with the highest median speedup above 1 (ties: by name), else the
-  exact loss. The same measurements always give the same choice.
+  running; one whose first timed step is more than ``drop_factor`` times the reference's mean step is
+  dropped after it. ``time_budget`` bounds the whole call: what is not measured by then is reported so;
+- candidates that reuse state across visits (``CachedPH(refresh_every > 1)``: a stale pairing) drift
+  over far more steps than a short trajectory shows, so they are not offered by default
+  (``include_reuse=True`` offers them; judge them end to end, ``python -m benchmarks.e2e``);
+- the choice: the passing, significantly faster candidate with the highest median speedup (ties: by
+  name), else the exact loss. The result is always an :class:`AutotunedLoss` (also from
+  ``preset("auto")``), whose ``describe()`` says what was chosen, on which machine.
 """
 
 from __future__ import annotations
@@ -34,82 +37,57 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import hardware
+from .losses._topology import CacheablePH
 from .presets import PresetLoss, list_presets, register_measured_preset
 from .presets.preset_loss import check_unwrapped
-from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss
+from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper
 from .wrappers.base import describe_stack
 
-__all__ = ["AutotuneCandidate", "AutotuneResult", "autotune", "default_candidates"]
+if TYPE_CHECKING:
+    from .bench.results import CandidateResult, Report
+
+__all__ = [
+    "AutotuneResult", "AutotunedLoss", "CandidateFactory", "autotune", "choose", "default_candidates",
+    "register_candidate",
+]
 
 
-@dataclass
-class AutotuneCandidate:
-    """One candidate's measurements and verdict."""
+# --- the candidates -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CandidateFactory:
+    """A candidate stack for the losses ``applies`` accepts: ``build(loss)`` wraps a copy of the loss.
+
+    ``reuse``: the candidate reuses state across visits of a sample, so its drift shows only over a long
+    trajectory; such candidates are offered only with ``include_reuse=True``.
+    """
 
     name: str
-    stack: str
-    status: str = "not measured"
-    speedup: float | None = None
-    ci95: tuple[float, float] | None = None
-    loss_error: float | None = None
-    grad_cosine: float | None = None  # median per computed step
-    accumulated_cosine: float | None = None
-    first_step_ratio: float | None = None
-    rounds: int = 0
-    loss: nn.Module | None = field(default=None, repr=False)
-
-    def passes(self, max_loss_error: float, min_grad_cosine: float) -> str | None:
-        """``None`` if it passes the bounds, else why not."""
-        if self.loss_error is None or self.grad_cosine is None:
-            return "no deviation measured"
-        if self.loss_error > max_loss_error:
-            return f"loss error {self.loss_error:.2%} > {max_loss_error:.2%}"
-        if self.grad_cosine < min_grad_cosine:
-            return f"gradient cosine {self.grad_cosine:.3f} < {min_grad_cosine}"
-        if self.accumulated_cosine is not None and self.accumulated_cosine < min_grad_cosine:
-            return f"accumulated gradient cosine {self.accumulated_cosine:.3f} < {min_grad_cosine}"
-        return None
+    build: Callable[[nn.Module], nn.Module]
+    applies: Callable[[nn.Module], bool]
+    reuse: bool = False
 
 
-@dataclass
-class AutotuneResult:
-    """What :func:`autotune` measured and chose."""
-
-    loss: nn.Module
-    chosen: str
-    candidates: list[AutotuneCandidate]
-    machine: str
-    reference_ms: float | None
-    seconds: float
-    bounds: tuple[float, float]
-
-    def table(self) -> str:
-        """A markdown table of every candidate (speedup [95% CI], deviation, status), machine named."""
-        lines = [
-            f"autotune on {self.machine}; reference {_fmt(self.reference_ms, '.1f')} ms/step; bounds: loss error <= "
-            f"{self.bounds[0]:.1%}, gradient cosine >= {self.bounds[1]}; {self.seconds:.1f} s",
-            "",
-            "| candidate | stack | speedup [95% CI] | loss error | grad cos (median / accumulated) | status |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in self.candidates:
-            ci = f" [{c.ci95[0]:.2f}, {c.ci95[1]:.2f}]" if c.ci95 else ""
-            speed = f"{c.speedup:.2f}{ci}" if c.speedup is not None else "-"
-            err = f"{c.loss_error:.2%}" if c.loss_error is not None else "-"
-            cos = f"{_fmt(c.grad_cosine)} / {_fmt(c.accumulated_cosine)}" if c.grad_cosine is not None else "-"
-            lines.append(f"| {c.name} | {c.stack} | {speed} | {err} | {cos} | {c.status} |")
-        return "\n".join(lines)
+_CANDIDATES: list[CandidateFactory] = []
 
 
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+def register_candidate(name: str, build: Callable[[nn.Module], nn.Module],
+                       applies: Callable[[nn.Module], bool] = lambda loss: True, *, reuse: bool = False) -> None:
+    """Offer ``build(copy of loss)`` as autotune candidate ``name`` for every loss ``applies`` accepts
+    (replacing a candidate of that name)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string, got {name!r}")
+    for fn, what in ((build, "build"), (applies, "applies")):
+        if not callable(fn):
+            raise TypeError(f"`{what}` must be callable, got {type(fn).__name__}")
+    _CANDIDATES[:] = [c for c in _CANDIDATES if c.name != name]
+    _CANDIDATES.append(CandidateFactory(name, build, applies, reuse))
 
 
 def _with_config(loss: nn.Module, **changes) -> nn.Module:
@@ -118,8 +96,32 @@ def _with_config(loss: nn.Module, **changes) -> nn.Module:
     return copied
 
 
-def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
-    """The candidates for ``loss``: its kind's registered presets, each wrapper alone, and speed knobs.
+def _topology(loss: nn.Module) -> bool:
+    return getattr(loss, "preset_kind", None) == "topology" and hasattr(loss, "config")
+
+
+def _cacheable(loss: nn.Module) -> bool:  # a topological prior has no masks to cache by
+    return _topology(loss) and isinstance(loss, CacheablePH) and loss.uncacheable_reason() is None
+
+
+def _default_workers(loss: nn.Module) -> bool:  # knobs that only change speed, unless the user set them
+    return _topology(loss) and loss.config.workers is None
+
+
+register_candidate("DownsampledLoss(2)", lambda loss: DownsampledLoss(loss, factor=2))
+register_candidate("IntervalLoss(4)", lambda loss: IntervalLoss(loss, every=4))
+register_candidate("AMPLoss", AMPLoss, lambda loss: not _topology(loss))
+register_candidate("CachedPH(5)", lambda loss: CachedPH(loss, refresh_every=5), _cacheable, reuse=True)
+register_candidate("workers=1", lambda loss: _with_config(loss, workers=1), _default_workers)
+register_candidate("CachedPH(1), workers=1", lambda loss: CachedPH(_with_config(loss, workers=1), refresh_every=1),
+                   lambda loss: _default_workers(loss) and _cacheable(loss))
+register_candidate("backend=cripser", lambda loss: _with_config(loss, backend="cripser"),
+                   lambda loss: _topology(loss) and getattr(loss.config, "backend", None) == "auto")
+
+
+def default_candidates(loss: nn.Module, include_reuse: bool = False) -> dict[str, Callable[[], nn.Module]]:
+    """The candidates for ``loss``: its kind's registered presets, then the registered candidates that
+    apply to it (those that reuse state across visits only with ``include_reuse``).
 
     Values are builders (called once each, on a copy of the loss).
     """
@@ -128,64 +130,95 @@ def default_candidates(loss: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     for name in list_presets(kind, include_measured=False):
         if name != "exact":
             out[f"preset:{name}"] = lambda name=name: PresetLoss(name, kind, copy.deepcopy(loss))
-    topology = kind == "topology" and hasattr(loss, "config")
-    out["DownsampledLoss(2)"] = lambda: DownsampledLoss(copy.deepcopy(loss), factor=2)
-    out["IntervalLoss(4)"] = lambda: IntervalLoss(copy.deepcopy(loss), every=4)
-    if not topology:
-        out["AMPLoss"] = lambda: AMPLoss(copy.deepcopy(loss))
-    if topology:
-        cfg = loss.config
-        prior = getattr(cfg, "betti", None) is not None  # a topological prior has no masks to cache by
-        if not prior:
-            out["CachedPH(5)"] = lambda: CachedPH(copy.deepcopy(loss), refresh_every=5)
-        # knobs that only change speed (the values are exact either way), unless the user set them
-        if cfg.workers is None:
-            out["workers=1"] = lambda: _with_config(loss, workers=1)
-            if not prior:
-                out["CachedPH(1), workers=1"] = lambda: CachedPH(_with_config(loss, workers=1), refresh_every=1)
-        backend = getattr(cfg, "backend", None)
-        if backend == "auto":
-            out["backend=cripser"] = lambda: _with_config(loss, backend="cripser")
+    for c in _CANDIDATES:
+        if (include_reuse or not c.reuse) and c.applies(loss):
+            out[c.name] = lambda c=c: c.build(copy.deepcopy(loss))
     return out
 
 
-def _variants(x: Tensor) -> list[tuple[int, ...]]:
-    """The flips of the last two axes that keep ``x``'s shape (identity first): four for images and maps."""
-    if x.ndim < 2:
-        return [()]
-    return [(), (-1,), (-2,), (-2, -1)]
+# --- what autotune returns ----------------------------------------------------------------------------
+class AutotunedLoss(LossWrapper):
+    """The stack :func:`autotune` chose (the exact loss when nothing passed), saying what and where.
+
+    Computes exactly what its ``loss`` computes; it is what both ``autotune(...).loss`` and
+    ``preset("auto", ...)`` return, so the type never depends on the choice.
+    """
+
+    transparent = True
+
+    def __init__(self, loss: nn.Module, chosen: str, machine: str) -> None:
+        super().__init__(loss)
+        self.chosen, self.machine = chosen, machine
+
+    def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
+        return self.loss(input, target)
+
+    def summary(self) -> str:
+        return f"autotuned {self.chosen!r}"
+
+    def describe(self) -> str:
+        """What autotune chose, on which machine, and the stack."""
+        return f"autotune chose {self.chosen!r} on {self.machine}: {describe_stack(self.loss)}"
+
+    def get_extra_state(self) -> dict:
+        return {"chosen": self.chosen, "machine": self.machine}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.chosen, self.machine = state.get("chosen", self.chosen), state.get("machine", self.machine)
+
+    def extra_repr(self) -> str:
+        return f"chosen={self.chosen!r}"
 
 
-def _trajectory(input: Tensor, target: Tensor | None, steps: int, seed: int = 0) -> list[tuple[Tensor, Tensor | None]]:
-    """``steps`` training steps built from one batch, as an epoch-based run sees it: the batch in four
-    flipped variants visited in turn (so each target comes back every fourth step, as samples do every
-    epoch, and consecutive steps see different content, as different batches would), the input drifting
-    toward the target with fresh smooth noise each step, within the input's own value range."""
-    x0 = input.detach()
-    if not x0.is_floating_point():
-        return [(x0.clone(), target) for _ in range(steps)]
-    g = torch.Generator().manual_seed(seed)
-    low, high = float(x0.min()), float(x0.max())
-    sigma = 0.1 * float(x0.float().std()) if x0.numel() > 1 else 0.0
-    paired = target is not None and target.shape == x0.shape
-    flips = _variants(x0) if paired else [()]
-    out = []
-    for t, a in enumerate(np.linspace(0.0, 0.25, steps)):
-        dims = flips[t % len(flips)]
-        xt, tt = (x0.flip(dims), target.flip(dims)) if dims else (x0, target)
-        x = (1 - a) * xt + a * tt.detach().to(x0.dtype) if paired else xt.clone()
-        noise = torch.randn(x0.shape, generator=g).to(x0.dtype)
-        if x0.ndim >= 4:  # spatially smooth, like a network's output
-            pool = torch.nn.functional.avg_pool2d if x0.ndim == 4 else torch.nn.functional.avg_pool3d
-            noise = pool(noise.float(), 5, 1, 2).to(x0.dtype) * 5
-        out.append(((x + sigma * noise.to(x0.device)).clamp(low, high), tt))
-    return out
+@dataclass
+class AutotuneResult:
+    """What :func:`autotune` measured and chose."""
+
+    loss: AutotunedLoss
+    chosen: str
+    candidates: list[CandidateResult]
+    machine: str
+    reference_ms: float | None
+    seconds: float
+    bounds: tuple[float, float]
+    report: Report | None = None
+
+    def table(self) -> str:
+        """A markdown table of every candidate (speedup [95% CI], deviation, status), machine named."""
+        from .bench.report import fmt, markdown_table
+
+        head = (f"autotune on {self.machine}; reference {fmt(self.reference_ms, '.1f')} ms/step; bounds: loss error "
+                f"<= {self.bounds[0]:.1%}, gradient cosine >= {self.bounds[1]}; chose {self.chosen!r}; "
+                f"{self.seconds:.1f} s")
+        return head + ("\n\n" + markdown_table(self.report) if self.report is not None else "")
 
 
+# --- measuring ----------------------------------------------------------------------------------------
 def _check(name: str, value: float, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"`{name}` must be a number in [{low}, {high}], got {value!r}")
     return float(value)
+
+
+_SIMPLE = (int, float, str, bool, tuple, type(None), torch.dtype)
+
+
+def _fingerprint(module: nn.Module) -> str:
+    """What a stack computes, for spotting two candidates that run the same thing: below the wrappers that
+    only pass through (``transparent``), its ``repr`` and every module's type and plain settings (the
+    public attributes that are numbers, strings, tuples, dtypes or dataclasses such as a loss's config)."""
+    while isinstance(module, LossWrapper) and module.transparent:
+        module = module.loss
+    parts = [repr(module)]
+    for name, m in module.named_modules():
+        settings = sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and k != "training"
+                          and (isinstance(v, _SIMPLE) or dataclasses.is_dataclass(v)))
+        parts.append(f"{name}: {type(m).__module__}.{type(m).__qualname__} {settings}")
+    return "\n".join(parts)
+
+
+#: the part of ``time_budget`` the timing rounds may use; the rest is for the deviation pass
+TIMING_SHARE = 0.6
 
 
 def autotune(
@@ -198,9 +231,11 @@ def autotune(
     time_budget: float = 60.0,
     candidates: dict[str, nn.Module | Callable[[], nn.Module]] | None = None,
     steps: int = 8,
-    rounds: int = 3,
+    rounds: int = 5,
+    max_rounds: int = 20,
     drop_factor: float = 2.0,
     include_defaults: bool | None = None,
+    include_reuse: bool = False,
 ) -> AutotuneResult:
     """Measure candidate stacks of ``loss`` on ``(input, target)`` here and return the best that passes.
 
@@ -212,12 +247,16 @@ def autotune(
         time_budget: seconds for the whole call; candidates not measured by then are reported so.
         candidates: your own ``{name: wrapped loss or builder}``; with it the defaults are only added
             when ``include_defaults=True``.
-        steps, rounds: the trajectory length and the interleaved timing rounds.
+        steps: the trajectory's length.
+        rounds, max_rounds: at least ``rounds`` interleaved timing rounds, more up to ``max_rounds`` while
+            the budget allows and a candidate's speedup is not yet significant either way (a speedup
+            needs 5 rounds or more to be called significant).
         drop_factor: drop a candidate whose first timed step is this many times slower than the reference.
+        include_reuse: also offer the candidates that reuse state across visits (``CachedPH(5)``).
 
     Returns:
-        :class:`AutotuneResult`: ``.loss`` (the chosen wrapped copy, the exact loss if nothing passes),
-        ``.candidates``, ``.table()``.
+        :class:`AutotuneResult`: ``.loss`` (an :class:`AutotunedLoss` around the chosen copy, the exact
+        loss if nothing passes), ``.candidates``, ``.table()``.
 
     Example:
         >>> topo = __import__("fastloss").TopologicalLoss(workers=1)
@@ -225,13 +264,13 @@ def autotune(
         >>> result = autotune(topo, mask * 0.8 + 0.1, mask, time_budget=20, steps=4, rounds=2)
         >>> result.chosen in [c.name for c in result.candidates] + ["exact"]
         True
+        >>> result.loss.describe().startswith("autotune chose")
+        True
     """
-    from .bench.harness import (  # the harness loads when measuring
-        CandidateResult,
-        _deviation,
-        emulated_reason,
-    )
-    from .bench.measure import StepClock, training_step
+    from .bench import protocol, workloads  # the harness loads when something is measured
+    from .bench.deviation import deviation
+    from .bench.harness import emulated_reason, materialised
+    from .bench.results import CandidateResult, Report
 
     loss = check_unwrapped(loss)
     if not isinstance(input, Tensor):
@@ -240,7 +279,7 @@ def autotune(
     _check("min_grad_cosine", min_grad_cosine, -1.0, 1.0)
     if isinstance(time_budget, bool) or not isinstance(time_budget, int | float) or not time_budget > 0:
         raise ValueError(f"`time_budget` must be a positive number of seconds, got {time_budget!r}")
-    for name, value, low in (("steps", steps, 2), ("rounds", rounds, 1)):
+    for name, value, low in (("steps", steps, 2), ("rounds", rounds, 1), ("max_rounds", max_rounds, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
     _check("drop_factor", drop_factor, 1.0, math.inf)
@@ -251,7 +290,7 @@ def autotune(
 
     builders: dict[str, Callable[[], nn.Module]] = {}
     if candidates is None or include_defaults:
-        builders.update(default_candidates(loss))
+        builders.update(default_candidates(loss, include_reuse))
     for name, value in (candidates or {}).items():
         if isinstance(value, nn.Module):
             builders[name] = lambda value=value: copy.deepcopy(value)
@@ -266,88 +305,76 @@ def autotune(
     deadline = started + time_budget
     device = input.device
     caps = hardware.capabilities(device)
-    clock = StepClock(device)
-    trajectory = _trajectory(input, target, steps)
+    trajectory = workloads.batch_trajectory(input, target, steps)
     reference = copy.deepcopy(loss).to(device)
-    results: dict[str, CandidateResult] = {"exact": CandidateResult("exact")}
-    entries: dict[str, AutotuneCandidate] = {}
     templates: dict[str, nn.Module] = {"exact": reference}
+    entries: dict[str, CandidateResult] = {}
+    same_as: dict[str, str] = {}  # candidate -> the entry that runs the same computation
+    seen = {_fingerprint(reference): "exact"}
     for name, build in builders.items():
-        module = build().to(device)
-        if isinstance(module, PresetLoss):
-            module.resolve(device)
-        templates[name] = module
-        entries[name] = AutotuneCandidate(name, describe_stack(module), loss=module)
-        results[name] = CandidateResult(name)
+        module = materialised(build().to(device), device)
+        entry = entries[name] = CandidateResult(name, stack=describe_stack(module), loss=module)
         reason = emulated_reason(module, device)
         if reason is not None:
-            entries[name].status = f"dropped: {reason} (not run)"
+            entry.status = f"dropped: {reason} (not run)"
+            continue
+        fp = _fingerprint(module)
+        if fp in seen:
+            same_as[name] = seen[fp]
+            continue
+        seen[fp] = name
+        templates[name] = module
+
+    def undecided(timings: dict[str, protocol.Timing]) -> bool:
+        for key, timing in timings.items():
+            ratios = timing.ratios(timings["exact"])
+            if key == "exact" or timing.dropped or not ratios:
+                continue
+            if len(ratios) < max(rounds, 5):
+                return True
+            low, high = median_bounds(ratios)
+            if low <= 1.0 <= high:
+                return True
+        return False
+
+    timings = protocol.time_trajectories(
+        templates, trajectory, "exact", max(rounds, max_rounds), device=device, drop_factor=drop_factor,
+        min_rounds=0, deadline=started + TIMING_SHARE * time_budget, stop=lambda t: not undecided(t),
+    )
 
     def fresh(key: str) -> nn.Module:
         return copy.deepcopy(templates[key]).train()
 
-    def out_of_time() -> bool:
-        return time.perf_counter() > deadline
-
-    def active(key: str) -> bool:
-        return key == "exact" or not entries[key].status.startswith("dropped")
-
-    for key in templates:  # warm-up
-        if active(key) and not out_of_time():
-            training_step(fresh(key), *trajectory[0])
-    names = list(templates)
-    ref_first = None
-    for r in range(rounds):
-        order = names if r == 0 else names[r % len(names):] + names[: r % len(names)]
-        round_times: dict[str, float] = {}
-        for key in order:
-            if not active(key) or out_of_time():
-                continue
-            module = fresh(key)
-            times = []
-            for x, t in trajectory:
-                times.append(clock(lambda module=module, x=x, t=t: training_step(module, x, t)))
-                if r == 0 and len(times) == 1 and key != "exact":
-                    if ref_first:
-                        ratio = times[0] / ref_first
-                        entries[key].first_step_ratio = ratio
-                        if ratio > drop_factor:
-                            entries[key].status = f"dropped: {ratio:.1f}x slower on its first step"
-                            break
-            if active(key):
-                round_times[key] = sum(times) / len(times)
-                if key == "exact" and r == 0:
-                    ref_first = round_times[key]  # the reference's mean step: a steadier yardstick than one step
-        if "exact" not in round_times:
-            break
-        for key, value in round_times.items():  # a round counts for a candidate timed beside the reference
-            results[key].round_times.append(value)
-            if key != "exact":
-                results[key].speedups.append(round_times["exact"] / value)
-
     for key, entry in entries.items():
-        res = results[key]
-        if not active(key):
+        if entry.dropped:
             continue
-        if not res.speedups:
-            entry.status = "not measured: time budget"
-            continue
-        summary = res.speedup_summary()
-        entry.speedup, entry.ci95, entry.rounds = summary["median"], tuple(summary["ci95"]), len(res.speedups)
-        if out_of_time():
+        if key in timings:
+            timing = timings[key]
+            entry.status, entry.first_step_ratio = timing.status, timing.first_step_ratio
+            if entry.dropped:
+                continue
+            entry.round_times, entry.step_times = timing.round_times, timing.steps
+            entry.speedups = timing.ratios(timings["exact"])
+            if not entry.speedups:
+                entry.status = "not measured: time budget"
+                continue
+        if time.perf_counter() > deadline:
             entry.status = "not measured (deviation): time budget"
             continue
-        dev = _deviation(fresh("exact"), fresh(key), trajectory, None)
-        entry.loss_error = dev["loss_rel_error"]["median"]
-        entry.grad_cosine = dev["grad_cosine"]["median"]
-        entry.accumulated_cosine = dev["accumulated_grad_cosine"]
+        entry.deviation = deviation(fresh("exact"), copy.deepcopy(entry.loss).train(), trajectory)
+        entry.summarise()
         why = entry.passes(max_loss_error, min_grad_cosine)
-        entry.status = "passes" if why is None else f"fails: {why}"
+        if key in same_as:
+            other = "the exact loss" if same_as[key] == "exact" else same_as[key]
+            entry.status = f"same computation as {other}: not timed" + ("" if why is None else f"; fails: {why}")
+        elif why is not None:
+            entry.status = f"fails: {why}"
+        elif entry.speedup_low is not None and entry.speedup_low > 1.0:
+            entry.status = "passes"
+        else:
+            entry.status = "passes, not significantly faster"
 
     chosen = choose(list(entries.values()))
-    for entry in entries.values():
-        if entry.status == "passes" and entry is not chosen and (entry.speedup or 0) <= 1.0:
-            entry.status = "passes, not faster"
     if chosen is None:
         best, name = copy.deepcopy(loss), "exact"
     else:
@@ -355,13 +382,30 @@ def autotune(
         best, name = copy.deepcopy(templates[chosen.name]), chosen.name
     for entry in entries.values():
         entry.loss = None if entry.name != name else best
-    ref_ms = 1e3 * float(np.median(results["exact"].round_times)) if results["exact"].round_times else None
-    return AutotuneResult(best.train(), name, list(entries.values()), caps.describe(), ref_ms,
-                          time.perf_counter() - started, (max_loss_error, min_grad_cosine))
+    ref = CandidateResult("exact", stack=describe_stack(reference))
+    ref.round_times, ref.step_times = timings["exact"].round_times, timings["exact"].steps
+    ref_ms = 1e3 * float(sorted(ref.round_times)[len(ref.round_times) // 2]) if ref.round_times else None
+    report = Report(loss=type(loss).__name__, workload=f"your batch, {steps} steps", device=str(device),
+                    threads=torch.get_num_threads(), rounds=len(ref.round_times), steps=steps, reference=ref,
+                    candidates=entries, machine=hardware.machine_info(str(device), torch.get_num_threads()),
+                    verdicts=True)
+    return AutotuneResult(AutotunedLoss(best.train(), name, caps.describe()), name, list(entries.values()),
+                          caps.describe(), ref_ms, time.perf_counter() - started, (max_loss_error, min_grad_cosine),
+                          report)
 
 
-def choose(candidates: Sequence[AutotuneCandidate]) -> AutotuneCandidate | None:
-    """The passing candidate with the highest median speedup above 1 (ties by name), or ``None``."""
+def median_bounds(samples: Sequence[float]) -> tuple[float, float]:
+    """The distribution-free one-sided 95% lower and upper bounds of the median (``-inf``/``inf`` when
+    there are too few samples for one)."""
+    from .bench.results import median_lower_bound
+
+    low = median_lower_bound(list(samples))
+    high = median_lower_bound([-v for v in samples])
+    return (-math.inf if low is None else low, math.inf if high is None else -high)
+
+
+def choose(candidates: Sequence[CandidateResult]) -> CandidateResult | None:
+    """The passing, significantly faster candidate with the highest median speedup (ties by name), or ``None``."""
     passing = [c for c in candidates if c.status == "passes" and c.speedup is not None and c.speedup > 1.0]
     if not passing:
         return None

@@ -409,17 +409,6 @@ print(repr(v.item()))
     assert float(out.stdout.strip()) == expected
 
 
-@pytest.mark.parametrize("construction", ["V", "T"])
-@pytest.mark.parametrize("shape", [(300, 200), (40, 30, 20)])
-def test_concurrent_passes_same_diagram(construction, shape):
-    """threads=2 runs the two passes of a map concurrently: the same diagram, row for row."""
-    f = np.random.default_rng(9).random(shape).astype(np.float32)
-    dims = ph.native_dims(f.ndim)
-    one = ph.persistence(f, construction, dims, backend="native", threads=1).to_cripser()
-    two = ph.persistence(f, construction, dims, backend="native", threads=2).to_cripser()
-    assert np.array_equal(one, two)
-
-
 def test_nan_map_is_rejected():
     f = np.zeros((4, 4))
     f[1, 2] = np.nan

@@ -9,8 +9,13 @@ Usage::
     print(markdown_table(report))
 """
 
-from . import workloads
-from .harness import CandidateResult, Report, compare
+from . import protocol, workloads
+from .deviation import deviation
+from .harness import compare
 from .report import markdown_table, plot, to_json, write_json
+from .results import CandidateResult, Report
 
-__all__ = ["CandidateResult", "Report", "compare", "markdown_table", "plot", "to_json", "workloads", "write_json"]
+__all__ = [
+    "CandidateResult", "Report", "compare", "deviation", "markdown_table", "plot", "protocol", "to_json", "workloads",
+    "write_json",
+]

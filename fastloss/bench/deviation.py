@@ -1,12 +1,19 @@
-"""How far a wrapped loss is from the reference: values, gradients, rankings."""
+"""How far a wrapped loss is from the reference: values, gradients, rankings (:func:`deviation`)."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch.nn.functional as F
-from torch import Tensor
+from collections.abc import Sequence
 
-__all__ = ["cosine", "low_pass", "quantiles", "spearman"]
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..wrappers import LossWrapper
+from .measure import training_step, uses_outside_torch
+
+__all__ = ["cosine", "deviation", "low_pass", "quantiles", "spearman"]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -21,7 +28,10 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 def low_pass(grad: Tensor, factor: int = 4) -> Tensor:
-    """Average-pool a gradient ``factor`` times (what downsampling keeps)."""
+    """Average-pool a gradient ``factor`` times (what downsampling keeps); a gradient without two or three
+    spatial axes (not ``(N, C, H, W)`` or ``(N, C, D, H, W)``) is returned as it is."""
+    if grad.ndim not in (4, 5):
+        return grad
     pool = F.avg_pool2d if grad.ndim == 4 else F.avg_pool3d
     return pool(grad, factor, ceil_mode=True)
 
@@ -49,3 +59,95 @@ def quantiles(values: list[float], qs: dict[str, float]) -> dict[str, float | No
         return dict.fromkeys(qs)
     arr = np.asarray(values, float)
     return {name: float(np.quantile(arr, q)) for name, q in qs.items()}
+
+
+def _stack_gain(loss: nn.Module) -> float:
+    return loss.stack_gain() if isinstance(loss, LossWrapper) else 1.0
+
+
+def deviation(
+    reference: nn.Module,
+    candidate: nn.Module,
+    trajectory: Sequence[tuple[Tensor, Tensor | None]],
+    ladder: tuple[Tensor, Sequence[Tensor]] | None = None,
+    count_flops: bool = False,
+    cycle: int | None = None,
+) -> dict:
+    """How far ``candidate`` is from ``reference`` over a training ``trajectory`` (both are stepped through
+    it, in training mode, from where they are): the one definition every fastloss figure uses.
+
+    Per step where the candidate computes (stack gain > 0): the value error relative to the reference's
+    value (after dividing out the stack's gain; the denominator floored at 1% of the trajectory's median
+    reference value, since late in training the reference can approach 0), the cosine of the input
+    gradients, the cosine after 4x average pooling (what downsampling keeps). Over the trajectory: the
+    cosine of the gradients accumulated over every step (skipped steps included: what IntervalLoss
+    promises) and, with ``cycle``, the median and minimum over consecutive windows of ``cycle`` steps of
+    the accumulated cosine. With ``ladder=(target, predictions)``: the Spearman correlation of the values
+    (eval mode). With ``count_flops``: torch FLOPs per step of both (``"n/a"`` where work runs outside torch).
+
+    Returns a dict: ``computed_steps``, ``loss_rel_error`` (median, p95, max), ``grad_cosine`` (median, p5),
+    ``lowpass_grad_cosine`` (median, p5), ``accumulated_grad_cosine``, and where asked ``cycle_grad_cosine``,
+    ``ladder_spearman``, ``_flops`` (reference, candidate).
+
+    Example:
+        >>> import torch
+        >>> from fastloss import IntervalLoss
+        >>> steps = [(torch.rand(1, 1, 4, 4) + i, torch.zeros(1, 1, 4, 4)) for i in range(4)]
+        >>> d = deviation(torch.nn.L1Loss(), IntervalLoss(torch.nn.L1Loss(), every=2), steps)
+        >>> d["computed_steps"], d["loss_rel_error"]["max"], round(d["grad_cosine"]["median"], 6)
+        (2, 0.0, 1.0)
+    """
+    values, cosines, lowpass, windows = [], [], [], []
+    acc_ref = acc_cand = win_ref = win_cand = None
+    computed = 0
+    flops = {"reference": 0.0, "candidate": 0.0}
+    outside_torch = uses_outside_torch(candidate) or uses_outside_torch(reference)
+
+    def step(which: str, loss: nn.Module, x, t):
+        if not count_flops or outside_torch:
+            return training_step(loss, x, t)
+        with FlopCounterMode(display=False) as counter:
+            out = training_step(loss, x, t)
+        flops[which] += counter.get_total_flops()
+        return out
+
+    for i, (x, t) in enumerate(trajectory):
+        gain = _stack_gain(candidate)
+        v_ref, g_ref = step("reference", reference, x, t)
+        v_cand, g_cand = step("candidate", candidate, x, t)
+        acc_ref = g_ref.clone() if acc_ref is None else acc_ref + g_ref
+        acc_cand = g_cand.clone() if acc_cand is None else acc_cand + g_cand
+        if cycle:
+            win_ref = g_ref.clone() if i % cycle == 0 else win_ref + g_ref
+            win_cand = g_cand.clone() if i % cycle == 0 else win_cand + g_cand
+            if i % cycle == cycle - 1:
+                windows.append(cosine(win_cand, win_ref))
+        if gain == 0:
+            continue
+        computed += 1
+        values.append((float(v_cand) / gain, float(v_ref)))
+        cosines.append(cosine(g_cand, g_ref))
+        lowpass.append(cosine(low_pass(g_cand), low_pass(g_ref)))
+    floor = max(float(np.median([abs(r) for _, r in values])) * 0.01, 1e-12) if values else 1.0
+    errors = [abs(c - r) / max(abs(r), floor) for c, r in values]
+    out = {
+        "computed_steps": computed,
+        "loss_rel_error": quantiles(errors, {"median": 0.5, "p95": 0.95, "max": 1.0}),
+        "grad_cosine": quantiles(cosines, {"median": 0.5, "p5": 0.05}),
+        "lowpass_grad_cosine": quantiles(lowpass, {"median": 0.5, "p5": 0.05}),
+        "accumulated_grad_cosine": cosine(acc_cand, acc_ref) if acc_ref is not None else None,
+    }
+    if cycle:
+        out["cycle_grad_cosine"] = quantiles(windows, {"median": 0.5, "min": 0.0})
+    if count_flops:
+        n = max(1, len(trajectory))
+        out["_flops"] = ("n/a", "n/a") if outside_torch else (flops["reference"] / n, flops["candidate"] / n)
+    if ladder is not None:
+        target, preds = ladder
+        reference.eval()
+        candidate.eval()
+        with torch.no_grad():
+            ref_values = [float(reference(p, target)) for p in preds]
+            cand_values = [float(candidate(p, target)) for p in preds]
+        out["ladder_spearman"] = spearman(ref_values, cand_values)
+    return out

@@ -1,8 +1,10 @@
 """``compare``: speed and deviation of wrapped losses against the reference, side by side, in one run.
 
-Protocol (recorded in every report):
+Protocol (recorded in every report; the timing is :func:`fastloss.bench.protocol.time_trajectories`):
 
-- the workload's trajectory is materialised on the device first (data generation is never timed);
+- the workload's trajectory is materialised on the device first (data generation is never timed), and
+  every wrapper builds what it builds lazily (:meth:`~fastloss.LossWrapper.materialise`: a preset
+  resolves its stack) before anything is timed;
 - one warm-up step of every loss, then ``rounds`` rounds; in each round every loss (reference and
   candidates, in an order rotated each round: A B C, B C A, ...) runs the *whole* trajectory from a
   fresh copy (cold caches, step 0), timing each training step (forward + backward w.r.t. the input)
@@ -15,17 +17,16 @@ Protocol (recorded in every report):
   interleaved rounds, and every candidate's speedup is also reported against each of them;
 - early drop: a candidate that computes in a dtype the device only emulates (see
   :mod:`fastloss.hardware`) is dropped before it runs; one whose first timed step is more than
-  ``drop_factor`` times the reference's is dropped after that step. Both are reported with the reason
+  ``drop_factor`` times the reference's mean step (over its first round) is dropped after that step. Both are reported with the reason
   (and the measured ratio), never silently omitted;
 - ``time_budget`` (seconds, optional): timing rounds stop early once another round would not fit, but
   never before ``min_rounds``; the report says how many rounds ran.
 
-Deviation is measured in a separate, untimed pass over the same trajectory: per step, the candidate's
-value divided by its stack gain (IntervalLoss compensation, schedule weight) against the reference's
-value (relative error, the denominator floored at 1% of the trajectory's median reference value), the cosine of the input gradients, the cosine after 4x average pooling (what downsampling
-keeps), the cosine of gradients accumulated over the trajectory (what IntervalLoss promises), and the
-Spearman correlation of values (eval mode) over the workload's degradation ladder. Torch FLOPs per step
-are counted in the same pass (``"n/a"`` where part of the work runs outside torch, e.g. PH on the CPU).
+Deviation is measured in a separate, untimed pass over the same trajectory by
+:func:`fastloss.bench.deviation.deviation` (per-step value error and gradient cosines, the cosine of the
+gradients accumulated over the trajectory, and the Spearman correlation of values over the workload's
+degradation ladder). Torch FLOPs per step are counted in the same pass (``"n/a"`` where part of the work
+runs outside torch, e.g. PH on the CPU).
 """
 
 from __future__ import annotations
@@ -35,20 +36,21 @@ import platform
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .. import hardware
 from ..losses._feature import FeatureLoss
 from ..wrappers import AMPLoss, CachedPH, LossWrapper
-from .deviation import cosine, low_pass, quantiles, spearman
-from .measure import StepClock, peak_memory, training_step, uses_outside_torch
+from ..wrappers.base import describe_stack
+from .deviation import deviation
+from .measure import peak_memory, training_step
+from .protocol import time_trajectories
 from .results import CandidateResult, Report
 from .workloads import Workload
 
 __all__ = ["CandidateResult", "Report", "compare", "emulated_reason", "materialised"]
+
 
 def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
     """Why ``loss`` would compute in a dtype ``device`` only emulates (``None`` if it would not).
@@ -77,65 +79,9 @@ def materialised(loss: nn.Module, device: torch.device) -> nn.Module:
     return loss
 
 
-def _stack_gain(loss: nn.Module) -> float:
-    return loss.stack_gain() if isinstance(loss, LossWrapper) else 1.0
-
-
 def _cache_info(loss: nn.Module) -> dict | None:
     caches = [m.cache_info() for m in loss.modules() if isinstance(m, CachedPH)]
     return caches[0] if caches else None
-
-
-def _deviation(reference: nn.Module, candidate: nn.Module, trajectory, ladder, count_flops: bool = False) -> dict:
-    values, cosines, lowpass = [], [], []
-    acc_ref = acc_cand = None
-    computed = 0
-    flops = {"reference": 0.0, "candidate": 0.0}
-    outside_torch = uses_outside_torch(candidate) or uses_outside_torch(reference)
-
-    def step(which: str, loss: nn.Module, x, t):
-        if not count_flops or outside_torch:
-            return training_step(loss, x, t)
-        with FlopCounterMode(display=False) as counter:
-            out = training_step(loss, x, t)
-        flops[which] += counter.get_total_flops()
-        return out
-
-    for x, t in trajectory:
-        gain = _stack_gain(candidate)
-        v_ref, g_ref = step("reference", reference, x, t)
-        v_cand, g_cand = step("candidate", candidate, x, t)
-        acc_ref = g_ref.clone() if acc_ref is None else acc_ref + g_ref
-        acc_cand = g_cand.clone() if acc_cand is None else acc_cand + g_cand
-        if gain == 0:
-            continue
-        computed += 1
-        values.append((float(v_cand) / gain, float(v_ref)))
-        cosines.append(cosine(g_cand, g_ref))
-        lowpass.append(cosine(low_pass(g_cand), low_pass(g_ref)))
-    # relative to the step's reference value, floored at 1% of the trajectory's median |reference|
-    # (late in training the reference can approach 0, where a per-step ratio means nothing)
-    floor = max(float(np.median([abs(r) for _, r in values])) * 0.01, 1e-12) if values else 1.0
-    errors = [abs(c - r) / max(abs(r), floor) for c, r in values]
-    out = {
-        "computed_steps": computed,
-        "loss_rel_error": quantiles(errors, {"median": 0.5, "p95": 0.95, "max": 1.0}),
-        "grad_cosine": quantiles(cosines, {"median": 0.5, "p5": 0.05}),
-        "lowpass_grad_cosine": quantiles(lowpass, {"median": 0.5, "p5": 0.05}),
-        "accumulated_grad_cosine": cosine(acc_cand, acc_ref) if acc_ref is not None else None,
-    }
-    if count_flops:
-        n = max(1, len(trajectory))
-        out["_flops"] = ("n/a", "n/a") if outside_torch else (flops["reference"] / n, flops["candidate"] / n)
-    if ladder is not None:
-        target, preds = ladder
-        reference.eval()
-        candidate.eval()
-        with torch.no_grad():
-            ref_values = [float(reference(p, target)) for p in preds]
-            cand_values = [float(candidate(p, target)) for p in preds]
-        out["ladder_spearman"] = spearman(ref_values, cand_values)
-    return out
 
 
 def compare(
@@ -154,11 +100,38 @@ def compare(
     time_budget: float | None = None,
     min_rounds: int = 3,
 ) -> Report:
-    """Measure every candidate against ``reference`` on ``workload``; see the module docstring.
+    """Measure every candidate against ``reference`` on ``workload``, speed and deviation side by side.
 
-    ``candidates`` maps a name to a wrapped loss (used as a template: each measurement deep-copies it,
-    so caches and steps start fresh). ``baselines`` maps a name to another reference to report speedups
-    against. ``drop_factor=None`` disables the early drop.
+    Args:
+        reference: the exact loss.
+        candidates: ``{name: wrapped loss}``; each is a template (deep-copied for every measurement, so
+            caches and steps start fresh; the caller's modules are never moved or stepped).
+        workload: the seeded trajectory and degradation ladder (:mod:`fastloss.bench.workloads`).
+        device: where to measure (default CPU); threads: ``torch.set_num_threads`` while measuring.
+        rounds: interleaved timing rounds (``time_budget`` may stop earlier, never before ``min_rounds``).
+        ladder, flops: also measure the ladder's Spearman correlation / torch FLOPs per step.
+        progress: called with a short message as the measurement advances.
+        name: the reference's name in the report (default: its class name).
+        baselines: other references (``{name: loss}``) timed in the same rounds; every candidate's
+            speedup is also reported against each.
+        drop_factor: drop a candidate whose first timed step is this many times the reference's mean
+            step (``None``: never).
+
+    Returns:
+        :class:`~fastloss.bench.Report` (render it with :func:`~fastloss.bench.markdown_table`,
+        :func:`~fastloss.bench.plot`, :func:`~fastloss.bench.write_json`).
+
+    Example:
+        >>> import torch
+        >>> from fastloss import IntervalLoss
+        >>> from fastloss.bench import compare, markdown_table, workloads
+        >>> wl = workloads.topology_workload(size=16, batch=1, samples=2, epochs=2)
+        >>> loss = torch.nn.MSELoss()
+        >>> report = compare(loss, {"every 2": IntervalLoss(loss, every=2)}, wl, rounds=1, min_rounds=1)
+        >>> sorted(report.candidates), report.candidates["every 2"].deviation["computed_steps"]
+        (['every 2'], 2)
+        >>> "| every 2 |" in markdown_table(report)
+        True
     """
     if not candidates:
         raise ValueError("`candidates` must name at least one wrapped loss, got an empty dict")
@@ -182,8 +155,7 @@ def compare(
         # copies: measuring must neither move nor step the caller's modules
         everything = {"reference": reference, **baselines, **candidates}
         templates = {k: materialised(copy.deepcopy(v).to(device), device) for k, v in everything.items()}
-        results = {k: CandidateResult(k) for k in templates}
-        clock = StepClock(device)
+        results = {k: CandidateResult(k, stack=describe_stack(m)) for k, m in templates.items()}
 
         def fresh(key: str) -> nn.Module:
             return copy.deepcopy(templates[key]).train()
@@ -192,54 +164,26 @@ def compare(
             reason = emulated_reason(templates[key], device)
             if reason is not None:
                 results[key].status = f"dropped: {reason} (typically tens of times slower; not run)"
-        for key in templates:  # warm-up: one step of each
-            if not results[key].dropped:
-                x, t = trajectory[0]
-                training_step(fresh(key), x, t)
-        names = list(templates)
-        ref_first: float | None = None
-        done = 0
-        for r in range(rounds):
-            round_started = time.perf_counter()
-            order = names[r % len(names) :] + names[: r % len(names)]
-            if r == 0:  # the reference first, so every candidate's first step can be compared with it
-                order = ["reference", *[k for k in names if k != "reference"]]
-            for key in order:
-                res = results[key]
-                if res.dropped:
-                    continue
-                tick(f"{key}: timing round {r + 1}/{rounds}")
-                loss = fresh(key)
-                times = []
-                for x, t in trajectory:
-                    times.append(clock(lambda loss=loss, x=x, t=t: training_step(loss, x, t)))
-                    if len(times) == 1 and r == 0:
-                        if key == "reference":
-                            ref_first = times[0]
-                        elif ref_first:
-                            res.first_step_ratio = times[0] / ref_first
-                            if drop_factor is not None and res.first_step_ratio > drop_factor and key in candidates:
-                                res.status = (f"dropped: first timed step {res.first_step_ratio:.1f}x slower than "
-                                              f"the reference (limit {drop_factor:g}x)")
-                                break
-                if res.dropped:
-                    continue
-                res.step_times += times
-                res.round_times.append(sum(times) / len(times))
-            done = r + 1
-            elapsed = time.perf_counter() - started
-            if time_budget is not None and done >= min_rounds and done < rounds:
-                if elapsed + (time.perf_counter() - round_started) > time_budget:
-                    break
+        timings = time_trajectories(
+            {k: m for k, m in templates.items() if not results[k].dropped}, trajectory, "reference", rounds,
+            device=device, drop_factor=drop_factor, droppable=list(candidates), min_rounds=min_rounds,
+            deadline=None if time_budget is None else started + time_budget, progress=tick,
+        )
+        for key, timing in timings.items():
+            res = results[key]
+            res.status, res.first_step_ratio = timing.status, timing.first_step_ratio
+            if not res.dropped:
+                res.round_times, res.step_times = timing.round_times, timing.steps
+        done = len(timings["reference"].round_times)
         ref = results.pop("reference")
         base_results = {k: results.pop(k) for k in baselines}
         for res in [*results.values(), *base_results.values()]:
             if res.dropped:
                 continue
-            res.speedups = [a / b for a, b in zip(ref.round_times, res.round_times, strict=True)]
-            for bname, bres in base_results.items():
-                if bres is not res:
-                    res.speedups_vs[bname] = [a / b for a, b in zip(bres.round_times, res.round_times, strict=True)]
+            res.speedups = timings[res.name].ratios(timings["reference"])
+            for bname in base_results:
+                if bname != res.name:
+                    res.speedups_vs[bname] = timings[res.name].ratios(timings[bname])
 
         ladder_data = None
         if ladder:
@@ -250,7 +194,7 @@ def compare(
                 continue
             tick(f"{key}: deviation, memory, FLOPs")
             candidate = fresh(key)
-            res.deviation = _deviation(fresh("reference"), candidate, trajectory, ladder_data, count_flops=flops)
+            res.deviation = deviation(fresh("reference"), candidate, trajectory, ladder_data, count_flops=flops)
             ref_flops, res.flops_per_step = res.deviation.pop("_flops", (None, None))
             if ref.flops_per_step is None:
                 ref.flops_per_step = ref_flops
@@ -260,6 +204,7 @@ def compare(
                 x, t = trajectory[0]
                 loss = fresh(key)
                 res.memory_bytes = peak_memory(lambda loss=loss, x=x, t=t: training_step(loss, x, t), device)
+            res.summarise()
     finally:
         torch.set_num_threads(previous_threads)
     return Report(

@@ -1,4 +1,5 @@
-"""Measuring one training step: time (synchronised, CUDA events on GPU), peak memory and FLOPs."""
+"""Measuring one training step: time (synchronised, CUDA events on GPU) and peak memory; whether FLOPs can be
+counted (:func:`uses_outside_torch`; they are counted in :func:`fastloss.bench.deviation.deviation`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["StageTimer", "StepClock", "flops_per_step", "peak_memory", "training_step"]
+__all__ = ["StageTimer", "StepClock", "peak_memory", "training_step", "uses_outside_torch"]
 
 
 def training_step(loss: nn.Module, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,15 +76,6 @@ def uses_outside_torch(loss: nn.Module) -> bool:
     """Whether part of the loss's work runs outside torch (persistent homology in numba or cripser, a C++
     extension), where FLOPs cannot be counted: a module says so with ``runs_outside_torch = True``."""
     return any(getattr(m, "runs_outside_torch", False) for m in loss.modules())
-
-
-def flops_per_step(run: Callable[[], int], loss: nn.Module) -> float | str:
-    """Torch FLOPs per step (``run`` executes some steps and returns how many), or ``"n/a"``."""
-    if uses_outside_torch(loss):
-        return "n/a"
-    with FlopCounterMode(display=False) as counter:
-        steps = run()
-    return counter.get_total_flops() / max(1, steps)
 
 
 class StageTimer:

@@ -74,12 +74,14 @@ def interleave(
     min_rounds: int = 1,
     deadline: float | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[dict[str, Timing]], bool] | None = None,
 ) -> dict[str, Timing]:
     """Run ``runners`` in interleaved rounds (see the module docstring); returns a :class:`Timing` each.
 
     ``runners[key](r)`` runs entry ``key`` once in round ``r`` and returns its timed steps (seconds), or
     raises :class:`Dropped`. ``warmup[key]()`` runs before the rounds, untimed. ``deadline`` is a
-    ``time.perf_counter()`` value.
+    ``time.perf_counter()`` value. ``stop(timings)``, asked after each round from ``min_rounds`` on, ends
+    the rounds early when it returns True (e.g. once every comparison is decided).
     """
     if reference not in runners:
         raise ValueError(f"`reference` {reference!r} must be one of the runners {list(runners)}")
@@ -113,6 +115,8 @@ def interleave(
         last_round = time.perf_counter() - started
         if timings[reference].rounds[-1] is None:  # no reference this round: nothing more can be compared
             break
+        if stop is not None and r + 1 >= min_rounds and stop(timings):
+            break
     return timings
 
 
@@ -128,6 +132,7 @@ def time_trajectories(
     min_rounds: int = 1,
     deadline: float | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[dict[str, Timing]], bool] | None = None,
 ) -> dict[str, Timing]:
     """Time whole training trajectories (forward + backward per step) of loss ``templates`` in interleaved
     rounds: each round runs a fresh deep copy of each template (cold caches, step 0) over ``trajectory``.
@@ -164,7 +169,7 @@ def time_trajectories(
     timings = interleave(
         {k: runner(k) for k in templates}, reference, rounds,
         warmup={k: (lambda k=k: training_step(fresh(k), x0, t0)) for k in templates},
-        min_rounds=min_rounds, deadline=deadline, progress=progress,
+        min_rounds=min_rounds, deadline=deadline, progress=progress, stop=stop,
     )
     for key, ratio in first_ratios.items():
         timings[key].first_step_ratio = ratio
@@ -178,9 +183,11 @@ def time_calls(
     device: torch.device | str = "cpu",
     calls: int = 1,
     reference: str | None = None,
+    warmup: bool = True,
 ) -> dict[str, Timing]:
     """Time single calls of ``fns`` in interleaved rounds (``calls`` timed calls each per round, after one
-    untimed warm-up call); ``reference``: the entry the others' ratios are taken against (default: the first)."""
+    untimed warm-up call unless ``warmup=False``); ``reference``: the entry the others' ratios are taken
+    against (default: the first)."""
     clock = StepClock(torch.device(device))
     runners = {k: (lambda r, fn=fn: [clock(fn) for _ in range(calls)]) for k, fn in fns.items()}
-    return interleave(runners, reference or next(iter(fns)), rounds, warmup=dict(fns))
+    return interleave(runners, reference or next(iter(fns)), rounds, warmup=dict(fns) if warmup else None)

@@ -11,7 +11,7 @@ from .._version import __version__
 from ..hardware import machine_info
 from .results import CandidateResult, Report
 
-__all__ = ["machine_info", "machine_summary", "markdown_table", "plot", "same_machine", "to_json", "write_json"]
+__all__ = ["fmt", "machine_info", "machine_summary", "markdown_table", "plot", "same_machine", "to_json", "write_json"]
 
 
 def machine_summary(info: dict) -> str:
@@ -57,7 +57,7 @@ def _entry(report: Report, res: CandidateResult, reference: bool) -> dict:
         "per_step_ms": res.step_summary(),
         "memory_bytes": res.memory_bytes,
         "flops_per_step": res.flops_per_step,
-        "description": res.description,
+        "stack": res.stack,
     }
     if not reference:
         extra["status"] = res.status
@@ -102,7 +102,8 @@ def write_json(reports: list[Report], path: str | Path, notes: list[str] | None 
     return path
 
 
-def _fmt(v, spec: str = ".3f") -> str:
+def fmt(v, spec: str = ".3f") -> str:
+    """A figure for a table: ``-`` when missing, ``nan`` when NaN, a string as it is, else ``format(v, spec)``."""
     if v is None:
         return "-"
     if isinstance(v, str):
@@ -121,10 +122,25 @@ def _flops(f) -> str:
 
 
 def markdown_table(report: Report) -> str:
-    """One row per candidate: speedup (95% CI, also against each baseline), step-time percentiles,
-    deviation figures; dropped candidates with their reason. The header names the machine."""
+    """The report as a markdown table, the machine named in its header.
+
+    One row per candidate: median speedup over the interleaved rounds with its bootstrap 95% interval
+    (and against each baseline), step-time percentiles (ms), median / p95 value error, median / p5
+    per-step gradient cosine, the accumulated-gradient cosine, the low-pass cosine, the ladder's Spearman
+    correlation, peak memory and torch GFLOPs per step. Dropped or unmeasured candidates get one cell
+    with the reason; an autotune report adds each candidate's verdict.
+
+    Example:
+        >>> from fastloss.bench.results import CandidateResult, Report
+        >>> ref = CandidateResult("reference", round_times=[0.02], step_times=[0.02])
+        >>> fast = CandidateResult("fast", round_times=[0.01], step_times=[0.01], speedups=[2.0]).summarise()
+        >>> table = markdown_table(Report("MSELoss", "toy", "cpu", 1, 1, 1, ref, {"fast": fast}))
+        >>> "| fast | 2.00 [2.00, 2.00] |" in table
+        True
+    """
     base_names = list(report.baselines)
     base_cols = "".join(f" speedup vs {b} |" for b in base_names)
+    verdict_col = " status |" if report.verdicts else ""
     machine = machine_summary(report.machine) if report.machine else report.device
     lines = [
         f"### {report.loss} on {report.workload} ({report.device}, {report.threads} thread(s), "
@@ -133,40 +149,44 @@ def markdown_table(report: Report) -> str:
         f"Machine: {machine}.",
         "",
         f"| candidate | speedup [95% CI] |{base_cols} ms/step p50 / p95 / p99 | loss err med / p95 | grad cos med / p5 "
-        "| accum cos | low-pass cos | ladder Spearman | peak MiB | GFLOP/step |",
-        "|---|---|" + "---|" * len(base_names) + "---|---|---|---|---|---|---|---|",
+        f"| accum cos | low-pass cos | ladder Spearman | peak MiB | GFLOP/step |{verdict_col}",
+        "|---|---|" + "---|" * len(base_names) + "---|---|---|---|---|---|---|---|" + ("---|" if report.verdicts else ""),
     ]
     ref = report.reference.step_summary()
-    ref_vs = "".join(f" {_fmt(_median(report.reference.round_times, report.baselines[b].round_times), '.2f')} |"
+    ref_vs = "".join(f" {fmt(_median(report.reference.round_times, report.baselines[b].round_times), '.2f')} |"
                      for b in base_names)
+    ref_status = " reference |" if report.verdicts else ""
     lines.append(
-        f"| reference | 1.00 |{ref_vs} {_fmt(ref['p50'], '.1f')} / {_fmt(ref['p95'], '.1f')} / {_fmt(ref['p99'], '.1f')} "
+        f"| reference | 1.00 |{ref_vs} {fmt(ref['p50'], '.1f')} / {fmt(ref['p95'], '.1f')} / {fmt(ref['p99'], '.1f')} "
         f"| 0 | 1 | 1 | 1 | 1 | {_bytes(report.reference.memory_bytes)} | {_flops(report.reference.flops_per_step)} |"
+        f"{ref_status}"
     )
     for bname, bres in report.baselines.items():
         p = bres.step_summary()
-        cells = "".join(" 1.00 |" if b == bname else f" {_fmt(bres.speedup_summary(against=b)['median'], '.2f')} |"
+        cells = "".join(" 1.00 |" if b == bname else f" {fmt(bres.speedup_summary(against=b)['median'], '.2f')} |"
                         for b in base_names)
         lines.append(
-            f"| {bname} (baseline) | {_fmt(bres.speedup_summary()['median'], '.2f')} |{cells} "
-            f"{_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} | - | - | - | - | - "
-            f"| {_bytes(bres.memory_bytes)} | {_flops(bres.flops_per_step)} |"
+            f"| {bname} (baseline) | {fmt(bres.speedup_summary()['median'], '.2f')} |{cells} "
+            f"{fmt(p['p50'], '.1f')} / {fmt(p['p95'], '.1f')} / {fmt(p['p99'], '.1f')} | - | - | - | - | - "
+            f"| {_bytes(bres.memory_bytes)} | {_flops(bres.flops_per_step)} |" + (" baseline |" if report.verdicts else "")
         )
     for res in report.candidates.values():
-        if res.dropped:
+        if res.dropped or (not res.speedups and not res.deviation):
             empty = " - |" * len(base_names)
-            lines.append(f"| {res.name} | **{res.status}** |{empty} - | - | - | - | - | - | - | - |")
+            tail = f" {res.status} |" if report.verdicts else ""
+            lines.append(f"| {res.name} | **{res.status}** |{empty} - | - | - | - | - | - | - | - |{tail}")
             continue
         s, p, d = res.speedup_summary(), res.step_summary(), res.deviation
         err, cos, low = d.get("loss_rel_error", {}), d.get("grad_cosine", {}), d.get("lowpass_grad_cosine", {})
-        vs = "".join(f" {_fmt(res.speedup_summary(against=b)['median'], '.2f')} |" for b in base_names)
+        vs = "".join(f" {fmt(res.speedup_summary(against=b)['median'], '.2f')} |" for b in base_names)
+        speed = f"{fmt(s['median'], '.2f')} [{fmt(s['ci95'][0], '.2f')}, {fmt(s['ci95'][1], '.2f')}]" if res.speedups else "-"
         lines.append(
-            f"| {res.name} | {_fmt(s['median'], '.2f')} [{_fmt(s['ci95'][0], '.2f')}, {_fmt(s['ci95'][1], '.2f')}] |{vs} "
-            f"{_fmt(p['p50'], '.1f')} / {_fmt(p['p95'], '.1f')} / {_fmt(p['p99'], '.1f')} "
-            f"| {_fmt(err.get('median'), '.2%')} / {_fmt(err.get('p95'), '.2%')} "
-            f"| {_fmt(cos.get('median'))} / {_fmt(cos.get('p5'))} | {_fmt(d.get('accumulated_grad_cosine'))} "
-            f"| {_fmt(low.get('median'))} | {_fmt(d.get('ladder_spearman'))} | {_bytes(res.memory_bytes)} "
-            f"| {_flops(res.flops_per_step)} |"
+            f"| {res.name} | {speed} |{vs} "
+            f"{fmt(p['p50'], '.1f')} / {fmt(p['p95'], '.1f')} / {fmt(p['p99'], '.1f')} "
+            f"| {fmt(err.get('median'), '.2%')} / {fmt(err.get('p95'), '.2%')} "
+            f"| {fmt(cos.get('median'))} / {fmt(cos.get('p5'))} | {fmt(d.get('accumulated_grad_cosine'))} "
+            f"| {fmt(low.get('median'))} | {fmt(d.get('ladder_spearman'))} | {_bytes(res.memory_bytes)} "
+            f"| {_flops(res.flops_per_step)} |" + (f" {res.status} |" if report.verdicts else "")
         )
     return "\n".join(lines)
 
@@ -186,36 +206,85 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def plot(report: Report, path: str | Path) -> Path:
-    """Speedup (log x) vs median gradient cosine, one point per candidate, the Pareto front drawn."""
+def label_box(label, renderer):
+    """The box of an annotation's text alone (without its arrow), in display coordinates."""
+    from matplotlib.text import Text
+
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
+def _separate(fig, labels: list, max_moves: int = 60) -> None:
+    """Nudge annotation ``labels`` down (in points) until no two of their texts overlap (the crowded corner
+    is the top, near the reference at cosine 1)."""
+    renderer = fig.canvas.get_renderer()
+    for _ in range(max_moves):
+        boxes = [label_box(t, renderer) for t in labels]
+        moved = False
+        for i in range(len(labels)):
+            for j in range(i):
+                if boxes[i].overlaps(boxes[j]):
+                    x, y = labels[i].xyann
+                    labels[i].xyann = (x, y - (boxes[i].y1 - boxes[j].y0) * 72 / fig.dpi - 2)
+                    boxes[i] = label_box(labels[i], renderer)
+                    moved = True
+        if not moved:
+            return
+
+
+def figure(report: Report):
+    """The speedup-vs-fidelity figure of :func:`plot`, as a matplotlib ``Figure`` (for tests and notebooks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    points, labels = [(1.0, 1.0)], ["reference"]
+    for res in report.candidates.values():
+        acc = res.deviation.get("accumulated_grad_cosine")
+        if res.dropped or not res.speedups or acc is None or acc != acc:
+            continue
+        points.append((res.speedup_summary()["median"], acc))
+        labels.append(res.name)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    front = pareto_front(points)
+    if len(front) >= 2:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:orange", zorder=2,
+                label="Pareto front")
+    texts = []
+    for (x, y), label in sorted(zip(points, labels, strict=True), key=lambda p: (-p[0][1], p[0][0])):
+        ax.scatter([x], [y], color="black" if label == "reference" else "tab:blue", zorder=3)
+        texts.append(ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=8,
+                                 arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
+    ax.set_xscale("log")
+    xs = [p[0] for p in points]
+    lo, hi = min(xs) / 1.3, max(xs) * 1.6
+    ax.set_xlim(lo, hi)
+    nice = [t for t in (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7, 10, 20, 50, 100) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(nice))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel("speedup vs reference (median over interleaved rounds, log scale)")
+    ax.set_ylabel("cosine of the gradient accumulated\nover the trajectory, vs reference")
+    ax.set_title(f"{report.loss} on {report.workload} ({report.device}, {report.threads} thread(s))", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    if len(front) >= 2:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _separate(fig, texts)
+    return fig
+
+
+def plot(report: Report, path: str | Path) -> Path:
+    """Write the report's speedup-vs-fidelity plot to ``path`` (PNG): one point per measured candidate at
+    (median speedup, accumulated-gradient cosine) — the measure that sees skipped steps — the reference
+    at (1, 1), the Pareto front drawn and named outside the axes, labels kept apart."""
+    import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    points, labels = [(1.0, 1.0)], ["reference"]
-    for res in report.candidates.values():
-        if res.dropped:
-            continue
-        cos = res.deviation.get("grad_cosine", {}).get("median")
-        points.append((res.speedup_summary()["median"], cos if cos is not None else float("nan")))
-        labels.append(res.name)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
-        ax.scatter([x], [y], color="black" if label == "reference" else "tab:blue", zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -11), fontsize=8)
-    front = pareto_front([p for p in points if p[1] == p[1]])
-    if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="pre", color="tab:orange", label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("speedup vs reference (log)")
-    ax.set_ylabel("median gradient cosine vs reference")
-    ax.set_title(f"{report.loss} on {report.workload} ({report.device}, {report.threads} thread(s))", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    fig = figure(report)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

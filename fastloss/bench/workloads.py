@@ -11,11 +11,15 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Workload", "natural_images", "perceptual_workload", "smooth_noise", "thin_structures", "topology_workload"]
+__all__ = [
+    "Workload", "batch_trajectory", "natural_images", "perceptual_workload", "smooth_noise", "thin_structures",
+    "topology_workload",
+]
 
 
 def smooth_noise(shape: tuple[int, ...], scale: int, g: torch.Generator) -> Tensor:
@@ -103,13 +107,31 @@ def natural_images(n: int, size: int, seed: int = 0) -> Tensor:
 
 @dataclass
 class Workload:
-    """A seeded training-like trajectory and a degradation ladder for one loss kind.
+    """A seeded training-like trajectory and a degradation ladder for one loss kind: what
+    :func:`fastloss.bench.compare` measures on.
+
+    :meth:`trajectory` yields :attr:`steps` ``(input, target)`` pairs: the ``targets`` visited for
+    ``epochs`` epochs in shuffled batches of ``batch`` (so a cache meets each sample once per epoch),
+    with predictions that drift toward their targets; :meth:`ladder` gives a target and predictions of
+    increasing degradation (for rank correlation). The same seed gives the same tensors, every time.
+    Build one with :func:`topology_workload` or :func:`perceptual_workload`, or directly from your own
+    targets.
 
     Attributes:
         name: short name used in reports.
         kind: ``"topology"`` or ``"perceptual"``.
         targets: ``(S, C, *spatial)`` dataset targets.
         batch: batch size; ``epochs``: passes over the dataset.
+        seed: seeds the order, the predictions' errors and the ladder.
+        crop: augmented workloads: every visit is a random crop of this side, with random flips.
+
+    Example:
+        >>> wl = topology_workload(size=16, batch=2, samples=4, epochs=1)
+        >>> wl.steps, wl.shape
+        (2, (2, 1, 16, 16))
+        >>> x, t = next(wl.trajectory())
+        >>> tuple(x.shape) == wl.shape and bool(((0 <= x) & (x <= 1)).all())
+        True
     """
 
     name: str
@@ -222,3 +244,37 @@ def topology_workload(size: int = 256, batch: int = 4, samples: int = 8, epochs:
 def perceptual_workload(size: int = 128, batch: int = 2, samples: int = 4, epochs: int = 2, seed: int = 0) -> Workload:
     """Natural-looking images with predictions approaching the target over the trajectory."""
     return Workload(f"perceptual-{size}", "perceptual", natural_images(samples, size, seed), batch, epochs, seed)
+
+
+# --- a trajectory from one user batch (what autotune measures on) -----------------------------------------
+def _variants(x: Tensor) -> list[tuple[int, ...]]:
+    """The flips of the last two axes that keep ``x``'s shape (identity first): four for images and maps."""
+    if x.ndim < 2:
+        return [()]
+    return [(), (-1,), (-2,), (-2, -1)]
+
+
+def batch_trajectory(input: Tensor, target: Tensor | None, steps: int, seed: int = 0) -> list[tuple[Tensor, Tensor | None]]:
+    """``steps`` training steps built from one batch, as an epoch-based run sees it: the batch in four
+    flipped variants visited in turn (so each target comes back every fourth step, as samples do every
+    epoch, and consecutive steps see different content, as different batches would), the input drifting
+    toward the target with fresh smooth noise each step, within the input's own value range."""
+    x0 = input.detach()
+    if not x0.is_floating_point():
+        return [(x0.clone(), target) for _ in range(steps)]
+    g = torch.Generator().manual_seed(seed)
+    low, high = float(x0.min()), float(x0.max())
+    sigma = 0.1 * float(x0.float().std()) if x0.numel() > 1 else 0.0
+    paired = target is not None and target.shape == x0.shape
+    flips = _variants(x0) if paired else [()]
+    out = []
+    for t, a in enumerate(np.linspace(0.0, 0.25, steps)):
+        dims = flips[t % len(flips)]
+        xt, tt = (x0.flip(dims), target.flip(dims)) if dims else (x0, target)
+        x = (1 - a) * xt + a * tt.detach().to(x0.dtype) if paired else xt.clone()
+        noise = torch.randn(x0.shape, generator=g).to(x0.dtype)
+        if x0.ndim >= 4:  # spatially smooth, like a network's output
+            pool = F.avg_pool2d if x0.ndim == 4 else F.avg_pool3d
+            noise = pool(noise.float(), 5, 1, 2).to(x0.dtype) * 5
+        out.append(((x + sigma * noise.to(x0.device)).clamp(low, high), tt))
+    return out

@@ -313,9 +313,8 @@ class BettiMatchingLoss(nn.Module):
 
     Prefer it to :class:`fastloss.TopologicalLoss` (Betti-number matching) when *where* a component or
     loop is matters, not only how many there are: Betti-number matching is satisfied by a spurious loop
-    anywhere standing in for a missing one; Betti matching is not. It costs about 2.5-3 times as much
-    per call (three filtrations and six union-find passes per map instead of one and two; measured at
-    256x256 and 512x512, batch 4, one thread).
+    anywhere standing in for a missing one; Betti matching is not. It costs more per call: three
+    filtrations and six union-find passes per map instead of one and two (figures: docs/benchmarks.md).
 
     Args:
         dims: homology dimensions to match; default all (2D: 0 and 1; 3D: pass ``dims=(0, 2)``, dim 1 of

@@ -6,7 +6,7 @@ comparison image: :class:`fastloss.BettiMatchingLoss`.
 For each (b, c) map the prediction ``p`` is turned into the sublevel filtration :math:`f = 1 - p`
 (foreground appears first). Persistent homology of ``f`` is computed on the CPU on a detached copy, by
 the native engine :mod:`fastloss.ph` (numba; 2D all dims, 3D dims 0 and 2) or by
-``cripser.compute_ph`` (``backend``); each bar :math:`(b_i, d_i)` of dimension :math:`k` has
+cripser (``backend``, through :mod:`fastloss.ph.diagram`); each bar :math:`(b_i, d_i)` of dimension :math:`k` has
 persistence :math:`d_i - b_i` (an infinite death counts as 1). With :math:`\beta_k` the target's
 Betti number, the bars are ranked by persistence and
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cripser
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -55,6 +54,7 @@ from .._validation import (
     reduce_loss,
     upcast,
 )
+from ..ph.diagram import cripser_diagram
 from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
 
 __all__ = [
@@ -108,7 +108,7 @@ def persistence_diagram(
     maxdim = f.ndim - 1 if maxdim is None else maxdim
     dims = tuple(range(maxdim + 1)) if dims is None else tuple(dims)
     if engine.resolve(backend, f.ndim, dims) == "cripser":
-        return cripser.compute_ph(np.asarray(f, dtype=np.float64), filtration=construction, maxdim=maxdim, location="yes")
+        return cripser_diagram(f, construction, maxdim)
     return engine.persistence(f, construction, dims, backend).to_cripser()
 
 

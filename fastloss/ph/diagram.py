@@ -1,11 +1,10 @@
-"""The :class:`Diagram` type and :func:`persistence`, the one dispatcher between the native kernels and cripser."""
+"""The :class:`Diagram` type and the dispatch between the native kernels and cripser: :func:`resolve` picks
+the engine for a map and its dims, :func:`persistence` (a :class:`Diagram`) and :func:`cripser_diagram`
+(cripser's own rows) run it. fastloss reaches cripser for persistence diagrams only through this module."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,13 +50,6 @@ class Diagram:
                        self.birth_index[keep], self.death_index[keep])
 
     @staticmethod
-    def concat(shape: tuple[int, ...], parts: list[Diagram]) -> Diagram:
-        if not parts:
-            return Diagram.empty(shape)
-        return Diagram(tuple(shape), *(np.concatenate([getattr(p, k) for p in parts])
-                                       for k in ("dim", "birth", "death", "birth_index", "death_index")))
-
-    @staticmethod
     def empty(shape: tuple[int, ...]) -> Diagram:
         z = np.zeros(0, np.int64)
         return Diagram(tuple(shape), z, z.astype(np.float64), z.astype(np.float64), z, z)
@@ -97,28 +89,11 @@ def _as_map(f: np.ndarray) -> np.ndarray:
     return check_map(f, "the native engine", allow_nan=False)
 
 
-# the second pass of a map runs here when the caller allows two threads per map (see native())
-_PASS_POOL: ThreadPoolExecutor | None = None
-_PASS_POOL_LOCK = threading.Lock()
-# below this many pixels (a pass of well under 1 ms) a hand-over to another thread is not worth it
-CONCURRENT_MIN_PIXELS = 128 * 128
-
-
-def _pass_pool() -> ThreadPoolExecutor:
-    global _PASS_POOL
-    with _PASS_POOL_LOCK:
-        if _PASS_POOL is None:
-            _PASS_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="fastloss-ph-pass")
-        return _PASS_POOL
-
-
-def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None, threads: int = 1) -> Diagram:
+def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None) -> Diagram:
     """The diagram of the sublevel filtration of ``f`` by the native engine (dims of :func:`native_dims`).
 
     Rows: dim 0's finite bars by increasing death, its essential bar, then the top dimension's bars by
-    decreasing birth (cripser's order). ``threads=2`` runs the two passes (they share only the sort,
-    read-only) concurrently; the result does not depend on it. The loss does not use it: on the 2-core
-    machine it was measured on (one core always busy with other work) it gave 0.97-1.00x.
+    decreasing birth (cripser's order).
     """
     require_numba()
     from . import cubical2d, cubical3d
@@ -138,15 +113,12 @@ def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = 
         low, high = cubical2d.components, (cubical2d.holes_t if t else cubical2d.holes_v)
     else:
         low, high = cubical3d.components, (cubical3d.voids_t if t else cubical3d.voids_v)
-    pending = None
-    if top in dims and 0 in dims and threads > 1 and f.size >= CONCURRENT_MIN_PIXELS:
-        pending = _pass_pool().submit(high, *args)
     parts = []
     if 0 in dims:
         b, d = low(*args, t)
         parts.append((0, np.append(b, 0), np.append(d, -1)))  # the essential bar (rank 0, never dies)
     if top in dims:
-        parts.append((top, *(pending.result() if pending is not None else high(*args))))
+        parts.append((top, *high(*args)))
     if not parts:
         return Diagram.empty(shape)
     dim = np.concatenate([np.full(len(b), k, np.int64) for k, b, _ in parts])
@@ -198,16 +170,15 @@ def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
 
 
 def persistence(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None,
-                backend: str = "auto", threads: int = 1) -> Diagram:
+                backend: str = "auto") -> Diagram:
     """The persistence diagram of the sublevel filtration of ``f`` restricted to ``dims`` (default all).
 
     ``backend``: ``"native"`` (this package's kernels; 2D all dims, 3D dims 0 and 2), ``"cripser"``, or
     ``"auto"`` (native where it covers ``dims``, else cripser; cripser alone without numba).
-    ``threads``: the native engine may run its two passes concurrently (same result).
     """
     f = np.asarray(f)
     dims = tuple(range(f.ndim)) if dims is None else tuple(dims)
     engine = resolve(backend, f.ndim, dims)
     if engine == "native":
-        return native(f, construction, dims, threads)
+        return native(f, construction, dims)
     return Diagram.from_cripser(cripser_diagram(f, construction), f.shape).restrict(dims)

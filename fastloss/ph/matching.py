@@ -65,11 +65,6 @@ class Barcode:
     def __len__(self) -> int:
         return len(self.dim)
 
-    def values(self, f: np.ndarray) -> np.ndarray:
-        """``(len, 2)`` birth and death values read from the map ``f``."""
-        flat = np.asarray(f).reshape(-1)
-        return np.stack([flat[self.birth_index], flat[self.death_index]], axis=1).astype(np.float64)
-
 
 @dataclass(frozen=True)
 class Matching:

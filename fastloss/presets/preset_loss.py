@@ -40,6 +40,8 @@ class PresetLoss(LossWrapper):
         "preset 'balanced' (topology): not resolved yet (resolves at the first call, for the input's device)"
     """
 
+    transparent = True  # it runs its resolved stack, nothing else
+
     def __init__(self, name: str, kind: str, loss: nn.Module) -> None:
         entry(name, kind)
         super().__init__(loss)

@@ -15,7 +15,7 @@ The clock counts *training steps*. How it advances is the stack's ``clock`` mode
   thread's calls before its backward share one step (two threads: two steps).
 - ``"optimizer"`` (set by :meth:`LossWrapper.attach`): once per ``optimizer.step()``. Right for
   gradient accumulation (several backward passes per step).
-- ``"calls"``: once per training call (one call per step; fastloss 0.1's behaviour).
+- ``"calls"``: once per training call (for loops with exactly one call per step).
 - ``"manual"``: only :meth:`~LossWrapper.advance`, :meth:`~LossWrapper.set_step` or writing the buffer.
 
 Calls in eval mode or under ``torch.no_grad()`` never advance the clock.
@@ -159,6 +159,9 @@ class LossWrapper(nn.Module):
     can_skip = False
     #: input signatures whose output shape a skipping wrapper remembers (least recently used dropped beyond it)
     max_shapes = 64
+    #: whether this wrapper computes exactly what its ``loss`` computes (no change of value, gradient or
+    #: work): a preset's or autotune's outer layer; benchmarks see through it
+    transparent: bool = False
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
