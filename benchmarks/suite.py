@@ -16,11 +16,13 @@ from torch import nn
 import fastloss
 from fastloss import (
     AMPLoss,
+    BatchSampledLoss,
     CachedPH,
     CachedTarget,
     DownsampledLoss,
     IntervalLoss,
     ScheduledWeight,
+    TiledLoss,
     schedules,
 )
 from fastloss.bench import workloads
@@ -62,6 +64,9 @@ def candidates(loss: nn.Module, steps: int) -> dict[str, nn.Module]:
     else:  # autocast does nothing for PH on the CPU; for networks it runs the native dtype (or float32)
         out["AMPLoss"] = AMPLoss(loss)
         out["CachedTarget"] = CachedTarget(loss)
+        # the sampling wrappers: one tile / half the batch per step, judged over a cycle (deviation["cycle"])
+        out["TiledLoss(3x3)"] = TiledLoss(loss, 3)
+        out["BatchSampledLoss(k=B/2)"] = BatchSampledLoss(loss, 0.5)
     for name in ("balanced", "fastest"):
         out[f"preset:{name}"] = fastloss.preset(name, loss)
     return out

@@ -90,10 +90,12 @@ def psnr(x: Tensor, y: Tensor) -> float:
 DEFAULT_LAYERS = {"vgg19": ("relu1_2", "relu2_2"), "resnet18": ("layer1",)}
 
 
-def make_perceptual(kind: str, weights: str | None, layers: tuple[str, ...] | None = None) -> nn.Module:
+def make_perceptual(kind: str, weights: str | None, layers: tuple[str, ...] | None = None,
+                    layer_weights: tuple[float, ...] | None = None) -> nn.Module:
     if kind == "lpips":
         return fastloss.LPIPSLoss(weights=weights)
-    return fastloss.PerceptualLoss(kind, layers=layers or DEFAULT_LAYERS[kind], weights=weights)
+    return fastloss.PerceptualLoss(kind, layers=layers or DEFAULT_LAYERS[kind], layer_weights=layer_weights,
+                                   weights=weights)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=PRESETS, default="balanced")
     parser.add_argument("--loss", choices=("vgg19", "lpips", "resnet18"), default="vgg19")
     parser.add_argument("--layers", help="comma-separated taps (default relu1_2,relu2_2 for vgg19, layer1 for resnet18)")
+    parser.add_argument("--layer-weights", help="comma-separated weights, one per tap (default: the backbone's for its "
+                        "default taps, else equal)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--size", type=int, default=48, help="image side (a multiple of 2 and of --pool)")
     parser.add_argument("--batch", type=int, default=8)
@@ -131,9 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train(args: argparse.Namespace, say: Callable[..., None]) -> dict:
     layers = tuple(args.layers.split(",")) if args.layers else None
+    layer_weights = tuple(float(w) for w in args.layer_weights.split(",")) if args.layer_weights else None
 
     torch.manual_seed(0)  # one random-init backbone for every seed and preset: the same exact loss everywhere
-    reference = make_perceptual(args.loss, args.weights, layers)  # the exact loss, for the final report
+    reference = make_perceptual(args.loss, args.weights, layers, layer_weights)  # the exact loss, for the final report
     torch.manual_seed(args.seed)
     clean = natural_images(args.train + args.val, args.size, seed=2000 + args.seed)
     train_y, val_y = clean[: args.train], clean[args.train :]

@@ -13,17 +13,20 @@ from .losses import BettiMatchingLoss, LPIPSLoss, PerceptualLoss, TopologicalLos
 from .presets import PresetLoss, list_presets, preset, register_preset, unregister_preset
 from .wrappers import (
     AMPLoss,
+    BatchSampledLoss,
     CachedPH,
     CachedTarget,
     DownsampledLoss,
     IntervalLoss,
     LossWrapper,
     ScheduledWeight,
+    TiledLoss,
 )
 
 __all__ = [
     "AMPLoss",
     "AutotuneResult",
+    "BatchSampledLoss",
     "BettiMatchingLoss",
     "CachedPH",
     "CachedTarget",
@@ -34,6 +37,7 @@ __all__ = [
     "PerceptualLoss",
     "PresetLoss",
     "ScheduledWeight",
+    "TiledLoss",
     "TopologicalLoss",
     "autotune",
     "bench",

@@ -15,12 +15,14 @@ on a short trajectory built from the user's ``(input, target)``
 - deviation: per computed step, value error and gradient cosine, and the cosine of the gradients
   accumulated over the trajectory. A candidate *passes* when its median value error is at most
   ``max_loss_error`` and both its median per-step cosine and its accumulated cosine are at least
-  ``min_grad_cosine`` (so ``IntervalLoss`` is judged on what it adds up to as well);
+  ``min_grad_cosine`` (so ``IntervalLoss`` is judged on what it adds up to as well). A sampling stack
+  (``TiledLoss``, ``BatchSampledLoss``: one step sees one tile or group by design) is judged on one whole
+  cycle instead: value error = the cycle's value bias, both cosines = the cycle's accumulated-gradient cosine;
 - *faster* means significantly faster: the distribution-free one-sided 95% lower bound of its median
   speedup lies above 1 (at least 5 rounds are needed for that); a passing candidate that is not is
   reported "passes, not significantly faster";
 - early drop: a candidate that would compute in a dtype the device only emulates is dropped without
-  running; one whose first timed step is more than ``drop_factor`` times the reference's mean step is
+  running; one whose first timed step is more than ``drop_factor`` times the reference's slowest step is
   dropped after it. ``time_budget`` bounds the whole call: what is not measured by then is reported so;
 - candidates that reuse state across visits (``CachedPH(refresh_every > 1)``: a stale pairing) drift
   over far more steps than a short trajectory shows, so they are not offered by default
@@ -44,10 +46,19 @@ import torch
 from torch import Tensor, nn
 
 from . import hardware
+from .losses._feature import FeatureLoss
 from .losses._topology import CacheablePH
 from .presets import PresetLoss, list_presets, register_measured_preset
 from .presets.preset_loss import check_unwrapped
-from .wrappers import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, LossWrapper
+from .wrappers import (
+    AMPLoss,
+    BatchSampledLoss,
+    CachedPH,
+    DownsampledLoss,
+    IntervalLoss,
+    LossWrapper,
+    TiledLoss,
+)
 from .wrappers.base import describe_stack
 
 if TYPE_CHECKING:
@@ -115,6 +126,10 @@ register_candidate("CachedPH(5)", lambda loss: CachedPH(loss, refresh_every=5), 
 register_candidate("workers=1", lambda loss: _with_config(loss, workers=1), _default_workers)
 register_candidate("CachedPH(1), workers=1", lambda loss: CachedPH(_with_config(loss, workers=1), refresh_every=1),
                    lambda loss: _default_workers(loss) and _cacheable(loss))
+# the sampling wrappers (feature losses), judged over one cycle (CandidateResult.summarise)
+register_candidate("TiledLoss(3x3)", lambda loss: TiledLoss(loss, 3), lambda loss: isinstance(loss, FeatureLoss))
+register_candidate("BatchSampledLoss(k=B/2)", lambda loss: BatchSampledLoss(loss, 0.5),
+                   lambda loss: isinstance(loss, FeatureLoss))
 register_candidate("backend=cripser", lambda loss: _with_config(loss, backend="cripser"),
                    lambda loss: _topology(loss) and getattr(loss.config, "backend", None) == "auto")
 

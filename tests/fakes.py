@@ -1,4 +1,4 @@
-"""Fake losses for the harness and autotune tests: deterministic cost (sleep), chosen error (scale)."""
+"""Fake losses shared by the tests: deterministic cost (sleep), chosen error (scale), counted calls."""
 
 import time
 
@@ -28,3 +28,15 @@ def spying_sleepy(calls: list):
             return super().forward(input, target)
 
     return Spy()
+
+
+class CountingLoss(nn.MSELoss):
+    """MSE that counts its calls."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.calls = 0
+
+    def forward(self, input, target):
+        self.calls += 1
+        return super().forward(input, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,10 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..wrappers import LossWrapper
+from ..wrappers import BatchSampledLoss, IntervalLoss, LossWrapper, TiledLoss
 from .measure import training_step, uses_outside_torch
 
-__all__ = ["cosine", "deviation", "low_pass", "quantiles", "spearman"]
+__all__ = ["cosine", "cycle_deviation", "cycle_length", "deviation", "low_pass", "quantiles", "samples", "spearman"]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -61,6 +63,69 @@ def quantiles(values: list[float], qs: dict[str, float]) -> dict[str, float | No
     return {name: float(np.quantile(arr, q)) for name, q in qs.items()}
 
 
+def samples(loss: nn.Module) -> bool:
+    """Whether a stack samples (``TiledLoss``, ``BatchSampledLoss``): one step sees part of the loss by design,
+    so its deviation is judged over a cycle (:func:`cycle_deviation`), not per step."""
+    return isinstance(loss, LossWrapper) and any(isinstance(w, (TiledLoss, BatchSampledLoss)) for w in loss.wrappers())
+
+
+def cycle_length(loss: nn.Module, input: Tensor) -> int:
+    """Training steps after which a stochastic or gated stack has visited everything once: the product of
+    its wrappers' periods (``IntervalLoss``: ``every``; ``TiledLoss``: its tiles for ``input``;
+    ``BatchSampledLoss``: its groups for ``input``'s batch); 1 for a deterministic stack."""
+    n = 1
+    if not isinstance(loss, LossWrapper):
+        return n
+    for w in loss.wrappers():
+        if isinstance(w, IntervalLoss):
+            n *= w.every
+        elif isinstance(w, TiledLoss):
+            n *= len(w.tiles_of(*input.shape[-2:]))
+        elif isinstance(w, BatchSampledLoss):
+            batch = input.shape[0]
+            n *= math.ceil(batch / w.samples(batch))
+    return n
+
+
+def cycle_deviation(reference: nn.Module, candidate: nn.Module, input: Tensor, target: Tensor | None,
+                    steps: int | None = None) -> dict:
+    """What training sees from a stochastic or gated stack: a copy of ``candidate`` runs ``steps``
+    training steps (default: :func:`cycle_length`) on the same ``input, target``; its values and input
+    gradients, averaged over them, are compared with one step of ``reference``.
+
+    Returns ``steps``, ``cycle_grad_cosine`` (cosine of the accumulated gradient with the reference's),
+    ``cycle_grad_norm_ratio`` (its norm over the reference's: 1 for an unbiased stack), ``cycle_value_bias``
+    (mean value minus the reference's, relative to it) and ``step_grad_cosine`` (median and p5 of the
+    single steps' cosines, what one step of the stack sees: low for tiles, by design).
+    """
+    steps = cycle_length(candidate, input) if steps is None else steps
+    candidate = copy.deepcopy(candidate)
+    candidate.train()
+
+    def grad_of(loss: nn.Module) -> tuple[float, Tensor]:
+        leaf = input.detach().clone().requires_grad_()
+        value = loss(leaf, target)
+        value.sum().backward()
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        return float(value.detach().double().sum()), grad.double()
+
+    ref_value, ref_grad = grad_of(reference)
+    values, acc, cosines = [], torch.zeros_like(ref_grad), []
+    for _ in range(steps):
+        value, grad = grad_of(candidate)
+        values.append(value)
+        acc += grad
+        cosines.append(cosine(grad, ref_grad))
+    mean_grad = acc / steps
+    ref_norm = float(ref_grad.norm())
+    return {
+        "steps": steps,
+        "cycle_grad_cosine": cosine(mean_grad, ref_grad),
+        "cycle_grad_norm_ratio": float(mean_grad.norm()) / ref_norm if ref_norm > 0 else float("nan"),
+        "cycle_value_bias": (float(np.mean(values)) - ref_value) / max(abs(ref_value), 1e-12),
+        "step_grad_cosine": quantiles(cosines, {"median": 0.5, "p5": 0.05}),
+    }
+
 def _stack_gain(loss: nn.Module) -> float:
     return loss.stack_gain() if isinstance(loss, LossWrapper) else 1.0
 
@@ -87,7 +152,9 @@ def deviation(
 
     Returns a dict: ``computed_steps``, ``loss_rel_error`` (median, p95, max), ``grad_cosine`` (median, p5),
     ``lowpass_grad_cosine`` (median, p5), ``accumulated_grad_cosine``, and where asked ``cycle_grad_cosine``,
-    ``ladder_spearman``, ``_flops`` (reference, candidate).
+    ``ladder_spearman``, ``_flops`` (reference, candidate). For a stochastic or gated stack (``TiledLoss``,
+    ``BatchSampledLoss``, ``IntervalLoss``) also ``cycle``: :func:`cycle_deviation` on the trajectory's first
+    batch (one whole cycle on the same batch: what the stack adds up to).
 
     Example:
         >>> import torch
@@ -139,6 +206,8 @@ def deviation(
     }
     if cycle:
         out["cycle_grad_cosine"] = quantiles(windows, {"median": 0.5, "min": 0.0})
+    if trajectory and cycle_length(candidate, trajectory[0][0]) > 1:  # stochastic or gated: one whole cycle
+        out["cycle"] = {**cycle_deviation(reference, candidate, *trajectory[0]), "sampling": samples(candidate)}
     if count_flops:
         n = max(1, len(trajectory))
         out["_flops"] = ("n/a", "n/a") if outside_torch else (flops["reference"] / n, flops["candidate"] / n)

@@ -17,7 +17,7 @@ Protocol (recorded in every report; the timing is :func:`fastloss.bench.protocol
   interleaved rounds, and every candidate's speedup is also reported against each of them;
 - early drop: a candidate that computes in a dtype the device only emulates (see
   :mod:`fastloss.hardware`) is dropped before it runs; one whose first timed step is more than
-  ``drop_factor`` times the reference's mean step (over its first round) is dropped after that step. Both are reported with the reason
+  ``drop_factor`` times the reference's slowest step (over its first round) is dropped after that step. Both are reported with the reason
   (and the measured ratio), never silently omitted;
 - ``time_budget`` (seconds, optional): timing rounds stop early once another round would not fit, but
   never before ``min_rounds``; the report says how many rounds ran.
@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from .. import hardware
-from ..losses._feature import FeatureLoss
-from ..wrappers import AMPLoss, CachedPH, LossWrapper
+from ..wrappers import CachedPH, LossWrapper
 from ..wrappers.base import describe_stack
 from .deviation import deviation
 from .measure import peak_memory, training_step
@@ -55,16 +54,14 @@ __all__ = ["CandidateResult", "Report", "compare", "emulated_reason", "materiali
 def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
     """Why ``loss`` would compute in a dtype ``device`` only emulates (``None`` if it would not).
 
-    Looks at what can be known before running: an :class:`~fastloss.AMPLoss` with an explicit dtype and
-    a feature loss whose backbone was cast to a low precision.
+    Looks at what can be known before running: every module's ``declared_compute_dtype()`` (an
+    :class:`~fastloss.AMPLoss` with an explicit dtype, a feature loss whose backbone was cast to a low
+    precision; a loss of yours can declare one too).
     """
     caps = hardware.capabilities(device)
     for m in loss.modules():
-        dtype = None
-        if isinstance(m, AMPLoss) and m.dtype is not None:
-            dtype = m.dtype
-        elif isinstance(m, FeatureLoss) and m.compute_dtype in (torch.float16, torch.bfloat16):
-            dtype = m.compute_dtype
+        declared = getattr(m, "declared_compute_dtype", None)
+        dtype = declared() if callable(declared) else None
         if dtype is not None and not caps.is_native(dtype):
             return f"{str(dtype).replace('torch.', '')} is emulated on {caps.device} ({caps.name})"
     return None

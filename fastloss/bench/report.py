@@ -121,6 +121,16 @@ def _flops(f) -> str:
     return f if isinstance(f, str) else ("-" if f is None else f"{f / 1e9:.2f}")
 
 
+
+def _accumulated(deviation: dict) -> str:
+    """The accumulated cosine over the trajectory; for a stack with a cycle also over one cycle, with its value bias."""
+    text = fmt(deviation.get("accumulated_grad_cosine"))
+    cycle = deviation.get("cycle")
+    if cycle:
+        text += (f" (cycle of {cycle['steps']}: {fmt(cycle['cycle_grad_cosine'])}, "
+                 f"bias {fmt(cycle['cycle_value_bias'], '+.2%')})")
+    return text
+
 def markdown_table(report: Report) -> str:
     """The report as a markdown table, the machine named in its header.
 
@@ -184,7 +194,7 @@ def markdown_table(report: Report) -> str:
             f"| {res.name} | {speed} |{vs} "
             f"{fmt(p['p50'], '.1f')} / {fmt(p['p95'], '.1f')} / {fmt(p['p99'], '.1f')} "
             f"| {fmt(err.get('median'), '.2%')} / {fmt(err.get('p95'), '.2%')} "
-            f"| {fmt(cos.get('median'))} / {fmt(cos.get('p5'))} | {fmt(d.get('accumulated_grad_cosine'))} "
+            f"| {fmt(cos.get('median'))} / {fmt(cos.get('p5'))} | {_accumulated(d)} "
             f"| {fmt(low.get('median'))} | {fmt(d.get('ladder_spearman'))} | {_bytes(res.memory_bytes)} "
             f"| {_flops(res.flops_per_step)} |" + (f" {res.status} |" if report.verdicts else "")
         )
@@ -255,7 +265,8 @@ def figure(report: Report):
     texts = []
     for (x, y), label in sorted(zip(points, labels, strict=True), key=lambda p: (-p[0][1], p[0][0])):
         ax.scatter([x], [y], color="black" if label == "reference" else "tab:blue", zorder=3)
-        texts.append(ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=8,
+        texts.append(ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=8, zorder=4,
+                                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
                                  arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
     ax.set_xscale("log")
     xs = [p[0] for p in points]

@@ -37,7 +37,8 @@ class CandidateResult:
 
     ``speedup``, ``ci95``, ``speedup_low`` (the one-sided 95% lower bound of the median speedup),
     ``loss_error``, ``grad_cosine`` and ``accumulated_cosine`` are the headline figures, filled from the
-    raw measurements by :meth:`summarise`.
+    raw measurements by :meth:`summarise` (for a sampling stack, ``TiledLoss`` or ``BatchSampledLoss``, from
+    its deviation over one cycle: ``deviation["cycle"]``).
     """
 
     name: str
@@ -51,7 +52,7 @@ class CandidateResult:
     flops_per_step: float | str | None = None
     cache: dict | None = None
     speedups_vs: dict[str, list[float]] = field(default_factory=dict)  # baseline name -> per-round speedups
-    first_step_ratio: float | None = None  # first timed step / the reference's mean step
+    first_step_ratio: float | None = None  # first timed step / the reference's slowest step
     speedup: float | None = None
     ci95: tuple[float, float] | None = None
     speedup_low: float | None = None
@@ -78,6 +79,10 @@ class CandidateResult:
             self.loss_error = d.get("loss_rel_error", {}).get("median")
             self.grad_cosine = d.get("grad_cosine", {}).get("median")
             self.accumulated_cosine = d.get("accumulated_grad_cosine")
+            cycle = d.get("cycle")
+            if cycle and cycle.get("sampling"):  # one step sees one tile / group by design: the cycle is the headline
+                self.loss_error = abs(cycle["cycle_value_bias"])
+                self.grad_cosine = self.accumulated_cosine = cycle["cycle_grad_cosine"]
         return self
 
     def passes(self, max_loss_error: float, min_grad_cosine: float) -> str | None:

@@ -65,6 +65,17 @@ def _keep_rebuilt(module: FeatureLoss, state_dict: dict, prefix: str, *args) -> 
 
 
 
+def _first(value: int | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, tuple) else int(value)
+
+
+def _scaled(start: int, stop: int, features: int, pixels: int) -> tuple[int, int]:
+    """``[start, stop)`` in input pixels of a window ``pixels`` wide, in a map ``features`` wide."""
+    scale = features / pixels
+    lo = min(int(round(start * scale)), features - 1)
+    return lo, max(lo + 1, min(features, int(round(stop * scale))))
+
+
 def to_unit_range(x: Tensor, input_range: tuple[float, float]) -> Tensor:
     """Map ``x`` from ``input_range`` to [0, 1] and repeat a single channel to three."""
     low, high = input_range
@@ -212,6 +223,12 @@ class FeatureLoss(nn.Module):
             parts.append(f"{name}={value}{mark}")
         return ", ".join(parts)
 
+    def declared_compute_dtype(self) -> torch.dtype | None:
+        """The low precision this loss is set to compute in, known before running (``None``: float32/64);
+        a benchmark drops it where the device only emulates that dtype."""
+        dtype = self.compute_dtype
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
     # --- shared computation -------------------------------------------------------------------
     def _buffer_dtype(self) -> torch.dtype:
         buffers = list(self.buffers(recurse=False))
@@ -272,6 +289,56 @@ class FeatureLoss(nn.Module):
         input, target = self.check(input, target)
         target_feats = self.target_features(target)
         return self.combine(self.feature_maps(input), target_feats)
+
+    # --- windows (the hook behind fastloss.TiledLoss) ---------------------------------------------
+    def receptive_field(self) -> tuple[int, int]:
+        """``(size, stride)`` in input pixels of the deepest tap: the side of the input square one
+        feature of the last tap depends on, and how many input pixels one step of its map spans.
+
+        Computed from the backbone's convolutions and poolings in order (a ResNet's ``downsample``
+        branch runs beside its block and is not counted), so it is the theoretical field; the part that
+        matters in practice (the effective receptive field) is much smaller.
+        """
+        size, jump = 1, 1
+        skip: set[int] = set()
+        for name, module in self.backbone().named_modules():
+            if name.endswith("downsample"):
+                skip.update(id(m) for m in module.modules())
+            if id(module) in skip or not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                continue
+            k, s, d = (_first(getattr(module, a, 1)) for a in ("kernel_size", "stride", "dilation"))
+            size += (d * (k - 1)) * jump
+            jump *= s
+        return size, jump
+
+    def window_distance(self, input_feats: list[Tensor], target_feats: list[Tensor],
+                        boxes: tuple[int, int, int, int] | list[tuple[int, int, int, int]],
+                        size: tuple[int, int]) -> Tensor:
+        """The weighted per-sample distance ``(B,)`` (float32) on a box of each window, unreduced.
+
+        ``input_feats``/``target_feats`` are the taps' outputs for windows of spatial ``size``;
+        ``boxes`` is one ``(top, left, bottom, right)`` in the windows' input pixels (shared by the
+        batch) or one per sample. Each tap's maps are cropped to the box scaled to their resolution
+        (rounded; at least one feature), so the distance is taken on the box only and the window's
+        margin around it is context. With the whole window as box this is the loss's per-sample value.
+        """
+        height, width = size
+        per_sample = isinstance(boxes, list)
+        total = 0.0
+        for i, (w, a, b) in enumerate(zip(self.layer_weights, input_feats, target_feats, strict=True)):
+            h, wd = a.shape[-2:]
+            if per_sample:
+                parts = []
+                for n, box in enumerate(boxes):
+                    (y0, y1), (x0, x1) = _scaled(box[0], box[2], h, height), _scaled(box[1], box[3], wd, width)
+                    parts.append(upcast(self.layer_distance(i, a[n:n + 1, :, y0:y1, x0:x1],
+                                                            b[n:n + 1, :, y0:y1, x0:x1])))
+                dist = torch.cat(parts)
+            else:
+                (y0, y1), (x0, x1) = _scaled(boxes[0], boxes[2], h, height), _scaled(boxes[1], boxes[3], wd, width)
+                dist = upcast(self.layer_distance(i, a[..., y0:y1, x0:x1], b[..., y0:y1, x0:x1]))
+            total = total + w * dist
+        return total
 
     def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
         """``(B,)`` with ``reduction="none"``, else a scalar (read from shapes only)."""

@@ -85,5 +85,9 @@ class AMPLoss(LossWrapper):
         state["_warned"] = set()
         return state
 
+    def declared_compute_dtype(self) -> torch.dtype | None:
+        """The dtype given to the constructor (``None``: the device's native one, chosen at run time)."""
+        return self.dtype
+
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"

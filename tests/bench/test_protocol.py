@@ -65,7 +65,7 @@ class TestInterleave:
             protocol.interleave({"a": lambda r: [1.0]}, "nope", 1)
 
 
-def test_trajectories_drop_against_the_reference_mean_step():
+def test_trajectories_drop_against_the_reference_slowest_step():
     wl = workloads.perceptual_workload(size=8, batch=1, samples=1, epochs=3)
     traj = list(wl.trajectory())
     t = protocol.time_trajectories({"ref": Sleepy(0.01), "slow": Sleepy(0.2), "fine": Sleepy(0.01)}, traj, "ref", 2,
@@ -104,3 +104,17 @@ def test_compare_and_autotune_are_compositions_of_the_protocol(monkeypatch):
 
     latency.interleaved({"a": lambda: None, "b": lambda: None}, 2)
     assert calls == ["exact", "reference", "a"]
+
+
+def test_a_loss_declaring_an_emulated_dtype_is_dropped_without_running(simulate):
+    from fastloss.bench.harness import emulated_reason
+
+    class Declares(Sleepy):
+        def declared_compute_dtype(self):
+            return torch.bfloat16
+
+    simulate("avx2-cpu")
+    assert emulated_reason(Declares(), torch.device("cpu")).startswith("bfloat16 is emulated on cpu")
+    assert emulated_reason(fastloss.IntervalLoss(Sleepy()), torch.device("cpu")) is None
+    simulate("bf16-cpu")
+    assert emulated_reason(Declares(), torch.device("cpu")) is None

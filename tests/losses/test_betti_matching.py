@@ -34,7 +34,7 @@ from fastloss.ph import cells
 from fastloss.ph.matching import betti_matching, target_side
 from fastloss.ph.sort import filtration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -1,4 +1,4 @@
-"""CUDA paths: skipped without a GPU (CI has none); run them on a GPU machine with `pytest tests/test_cuda.py`."""
+"""CUDA paths: skipped without a GPU (CI has none); run them on a GPU machine with `pytest tests/integration/test_cuda.py`."""
 
 import pytest
 import torch

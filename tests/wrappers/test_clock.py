@@ -1,5 +1,5 @@
-"""The wrapper layer's foundations: one step clock per stack, nesting that keeps the expected value,
-skipped steps shaped like computed ones, and torch.compile."""
+"""The wrapper layer's foundations: one step clock per stack, nesting that keeps the expected value, and
+torch.compile (skipped steps shaped like computed ones: test_skipped_shapes.py)."""
 
 import copy
 import gc
@@ -12,23 +12,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapes import ring, soft_prediction
+from steps import step, xy
 from torch import nn
 
 import fastloss
 from fastloss import AMPLoss, CachedPH, DownsampledLoss, IntervalLoss, ScheduledWeight, schedules
-from fastloss.wrappers.base import loss_output_shape
-
-
-def xy(shape=(2, 1, 8, 8), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=g).requires_grad_(), torch.rand(shape, generator=g)
-
-
-def step(loss, *pairs):
-    """One training step: call ``loss`` on every pair (several heads), one backward of the sum."""
-    values = [loss(x, y) for x, y in pairs]
-    sum(v.sum() for v in values).backward()
-    return [v.detach() for v in values]
 
 
 class TestClock:
@@ -224,69 +212,6 @@ class TestNesting:
         assert inner.root is inner and "step" in inner._buffers
 
 
-class TestSkippedShapes:
-    """Defect 3: a skipped step's zero is shaped like a computed step's output, from the input alone."""
-
-    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-    def test_interval_offset_and_changing_batch(self, reduction):
-        loss = IntervalLoss(nn.MSELoss(reduction=reduction), every=2, offset=1)
-        for batch in (4, 3, 4, 2):
-            x, y = xy((batch, 3))
-            computed = nn.MSELoss(reduction=reduction)(x, y)
-            value = step(loss, (x, y))[0]
-            assert value.shape == computed.shape
-
-    def test_a_skipped_step_is_zero_even_for_non_finite_input(self):
-        loss = IntervalLoss(nn.MSELoss(reduction="none"), every=2, offset=1)
-        x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1.0]], requires_grad=True)
-        value = loss(x, torch.zeros(1, 4))
-        value.sum().backward()
-        assert torch.equal(value.detach().abs(), torch.zeros(1, 4)) and torch.equal(x.grad, torch.zeros(1, 4))
-        assert value.dtype == torch.float32 and value.grad_fn is not None  # attached to the graph (DDP)
-
-    def test_scheduled_weight_zero_and_one(self):
-        loss = ScheduledWeight(nn.L1Loss(reduction="none"), schedules.piecewise([1], [0.0, 1.0]))
-        x, y = xy((2, 1))
-        assert [tuple(step(loss, (x, y))[0].shape) for _ in range(2)] == [(2, 1), (2, 1)]
-
-    def test_fastloss_losses_and_downsampling(self):
-        topo = IntervalLoss(fastloss.TopologicalLoss(reduction="none"), every=2, offset=1)
-        target = torch.cat([ring(), ring()])
-        pred = soft_prediction(target).requires_grad_()
-        assert step(topo, (pred, target))[0].shape == (2, 1)
-        down = IntervalLoss(DownsampledLoss(nn.MSELoss(reduction="none"), factor=2), every=2, offset=1)
-        x, y = xy((1, 1, 8, 8))
-        assert step(down, (x, y))[0].shape == (1, 1, 4, 4)
-        vgg = ScheduledWeight(fastloss.PerceptualLoss("vgg16", layers=["relu1_2"], weights=None, reduction="none"),
-                              schedules.constant(0.0))
-        assert vgg(*xy((3, 3, 16, 16))).shape == (3,)
-
-    def test_downsampled_shapes_in_3d_without_target_and_bad_input(self):
-        down = DownsampledLoss(nn.MSELoss(reduction="none"), factor=2)
-        x = torch.rand(1, 2, 4, 6, 6)
-        assert down.output_shape(x, x) == (1, 2, 2, 3, 3)
-        assert loss_output_shape(IntervalLoss(DownsampledLoss(fastloss.TopologicalLoss(reduction="none"))), x, None) == (1, 2)
-        with pytest.raises(ValueError, match=r"`input` must have 4 or 5 dimensions \(B, C, H, W or B, C, D, H, W\)"):
-            down.output_shape(torch.rand(2, 6, 6), None)
-
-    def test_unknown_loss_shape_from_fake_tensors_without_data(self):
-        class Rowwise(nn.Module):
-            def forward(self, input, target):
-                return (input - target).abs().sum(dim=-1)
-
-        x, y = xy((5, 7))
-        assert loss_output_shape(Rowwise(), x, y) == (5,)
-        loss = IntervalLoss(Rowwise(), every=2, offset=1)
-        assert step(loss, (x, y))[0].shape == (5,)
-
-    def test_a_loss_that_leaves_torch_needs_output_shape(self):
-        class NumpyLoss(nn.Module):
-            def forward(self, input, target):
-                return torch.tensor(float((input.detach().numpy() - target.numpy()).sum()))
-
-        loss = IntervalLoss(NumpyLoss(), every=2, offset=1)
-        with pytest.raises(TypeError, match="cannot derive the output shape of NumpyLoss.*`output_shape"):
-            loss(*xy((2, 2)))
 
 
 def compiled_matches_eager(make, pairs, backend="aot_eager"):

@@ -26,7 +26,7 @@ from fastloss.functional import topological_loss
 from fastloss.losses import topological as topo
 from fastloss.ph import sort
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
