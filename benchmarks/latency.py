@@ -82,9 +82,9 @@ def ph_cases(size: int, dim: int) -> tuple[str, dict, list[tuple[str, str, str]]
         "loss native": lambda: training_step(native, x, t),
         "loss cripser": lambda: training_step(cripser, x, t),
     }
-    if dim == 3:  # what the native engine covers in 3D: dims 0 and 2 (cripser computes them with dim 1)
+    if dim == 3:  # the two union-find passes alone (no dim 1)
         fns["ph native 0+2"] = lambda: topo.persistence_diagram(f32, "V", dims=(0, 2), backend="native")
-    what = "dims 0+1" if dim == 2 else "dims 0+1+2; auto = cripser"
+    what = "dims 0+1" if dim == 2 else "dims 0+1+2"
     pairs = [(f"PH diagram ({what})", "ph native", "ph cripser"),
              ("target Betti numbers", "betti labelling", "betti cripser"),
              ("loss call, fresh target (fwd+bwd)", "loss native", "loss cripser")]
@@ -92,6 +92,69 @@ def ph_cases(size: int, dim: int) -> tuple[str, dict, list[tuple[str, str, str]]
         pairs.insert(1, ("PH diagram, dims 0+2 (native) vs cripser's run", "ph native 0+2", "ph cripser"))
     label = f"{size}x{size}" if dim == 2 else f"{size}^3"
     return label, fns, pairs
+
+
+MEMORY_SNIPPET = """
+import sys, threading, time, torch
+import fastloss
+from fastloss.bench import workloads
+size = int(sys.argv[1])
+torch.set_num_threads(1)
+loss = fastloss.TopologicalLoss(workers=1)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+x, t = next(workloads.topology_workload(size=8, batch=1, samples=1, epochs=1, dim=3).trajectory())
+loss(x.clone().requires_grad_(), t).backward()  # compile or load the kernels
+x, t = next(workloads.topology_workload(size=size, batch=1, samples=1, epochs=1, dim=3).trajectory())
+x = x.clone().requires_grad_()
+base, peak, done = rss(), [0], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+th = threading.Thread(target=sample)
+th.start()
+loss(x, t).backward()
+done[0] = True
+th.join()
+print(max(peak[0], rss()) - base, base)
+"""
+
+
+COMPILE3D_SNIPPET = """
+import time, torch
+import fastloss
+x = torch.rand(1, 1, 16, 16, 16).requires_grad_()
+t = (torch.rand(1, 1, 16, 16, 16) > 0.5).float()
+t0 = time.perf_counter()
+fastloss.TopologicalLoss(workers=1)(x, t).backward()
+t1 = time.perf_counter()
+fastloss.TopologicalLoss(workers=1)(x, t).backward()
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def peak_memory_3d(size: int) -> tuple[float, float]:
+    """(peak bytes a TopologicalLoss call on a ``size``^3 map adds, per voxel; the RSS before) in a fresh
+    process (resident memory sampled every 2 ms during the call, minus the RSS before it; kernels loaded)."""
+    run = subprocess.run([sys.executable, "-c", MEMORY_SNIPPET, str(size)], capture_output=True, text=True,
+                         check=True)
+    added, before = (float(v) for v in run.stdout.split())
+    return added / size**3, before
+
+
+def compile_times_3d() -> list[tuple[str, float, float]]:
+    """(cache state, first 3D TopologicalLoss call s, second call s) in fresh processes."""
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for state in ("cold (empty numba cache)", "warm (cache on disk)"):
+            run = subprocess.run([sys.executable, "-c", COMPILE3D_SNIPPET], env=env, capture_output=True,
+                                 text=True, check=True)
+            first, second = (float(v) for v in run.stdout.split())
+            out.append((state, first, second))
+    return out
 
 
 def ph_main(args: argparse.Namespace) -> int:
@@ -109,6 +172,14 @@ def ph_main(args: argparse.Namespace) -> int:
             q = lambda v: f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"  # noqa: E731
             print(f"| {label} | {what} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
                   f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+    if args.sizes3d and args.memory:
+        print("\n| 3D map | TopologicalLoss call: peak memory added (bytes/voxel) | total (MiB) |\n|---|---|---|")
+        for size in args.sizes3d:
+            per_voxel, _ = peak_memory_3d(size)
+            print(f"| {size}^3 | {per_voxel:.0f} | {per_voxel * size**3 / 2**20:.0f} |", flush=True)
+        print("\n| numba cache | first 3D TopologicalLoss call s | second call s |\n|---|---|---|")
+        for state, first, second in compile_times_3d():
+            print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
     return 0
 
 
@@ -155,6 +226,15 @@ def betti_main(args: argparse.Namespace) -> int:
         ratio = b / a
         print(f"| {size}x{size} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
               f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+    for size in args.sizes3d:  # 3D: every dim (dim 1 by reduction)
+        x, t = next(workloads.topology_workload(size=size, batch=args.batch, samples=args.batch, epochs=1,
+                                                dim=3).trajectory())
+        times = interleaved({"ours": lambda x=x, t=t: training_step(ours, x, t),
+                             "ref": lambda x=x, t=t: training_step(ref, x, t)}, args.rounds)
+        a, b = times["ours"] * 1e3, times["ref"] * 1e3
+        ratio = b / a
+        print(f"| {size}^3 | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
+              f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
     print("\n| numba cache | first call s (import excluded) | second call s |\n|---|---|---|")
     for state, first, second in compile_times():
         print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
@@ -166,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", nargs="+", choices=list(LOSSES),
                         default=[k for k in LOSSES if k != "topolosses-betti"],
                         help="default: all but topolosses-betti (the reference, dev extra only)")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[256, 512])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--min-run-time", type=float, default=2.0)
     parser.add_argument("--ph", action="store_true", help="native PH engine vs cripser, per map (see above)")
-    parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph")
+    parser.add_argument("--sizes3d", nargs="*", type=int, default=[64], help="3D map sides for --ph and --betti")
+    parser.add_argument("--memory", action="store_true",
+                        help="with --ph: peak memory of a 3D loss call per --sizes3d, and 3D first-call compile times")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --ph and --betti")
     parser.add_argument("--betti", action="store_true",
                         help="BettiMatchingLoss vs topolosses' (interleaved), and kernel compile time (see above)")

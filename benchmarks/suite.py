@@ -83,7 +83,8 @@ def _topolosses_betti() -> dict[str, nn.Module]:
 def _betti_workloads(full: bool) -> list[workloads.Workload]:
     wl = [workloads.topology_workload(size=256, batch=4, samples=8, epochs=3)]
     if full:
-        wl.append(workloads.topology_workload(size=512, batch=4, samples=8, epochs=3))
+        wl += [workloads.topology_workload(size=512, batch=4, samples=8, epochs=3),
+               workloads.topology_workload(size=64, dim=3, batch=2, samples=4, epochs=3)]
     return wl
 
 

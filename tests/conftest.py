@@ -46,3 +46,10 @@ def registry():
     yield presets._REGISTRY
     presets._REGISTRY.clear()
     presets._REGISTRY.update(saved)
+
+
+def pytest_generate_tests(metafunc):
+    """The shared loss tester (tester.py) parametrises its checks over the test class's cases."""
+    generate = getattr(metafunc.cls, "generate", None)
+    if generate is not None:
+        generate(metafunc)

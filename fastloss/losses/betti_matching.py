@@ -28,8 +28,9 @@ ties included; same formula, options and mean over maps), computed by the native
 :math:`f` at the critical pixels, so the gradient reaches exactly those pixels.
 
 Essential bars: each map's one infinite bar (dim 0: its global minimum) is left out, as in the
-reference. 3D maps: dims 0 and 2; dim 1 is a :class:`NotImplementedError` (use ``dims=(0, 2)``, or
-:class:`fastloss.TopologicalLoss` for loops).
+reference. 3D maps: every dim; dim 1 (loops) by reductions of each image's coboundary matrix and of
+the comparison image's boundary matrix with rows in the prediction's (target's) order (image
+persistence, as the reference; :mod:`fastloss.ph.loops3d`).
 
 Ties: which bars match depends on the order in which cells of equal value enter (a pixel joining
 several components at once is such a tie: its edges all take its value). The engine takes them in the
@@ -161,8 +162,7 @@ class BettiMatchingConfig:
             object.__setattr__(self, "dim_weights", check_floats("dim_weights", self.dim_weights))
 
     def dims_for(self, spatial_ndim: int) -> tuple[int, ...]:
-        """The dims of ``spatial_ndim``-D maps: a ValueError outside ``0..ndim-1``, NotImplementedError for
-        3D dim 1 (the default ``dims=None`` asks for every dim, so 3D maps need ``dims=(0, 2)``)."""
+        """The dims of ``spatial_ndim``-D maps (default every dim): a ValueError outside ``0..ndim-1``."""
         dims = tuple(range(spatial_ndim)) if self.dims is None else self.dims
         dims = bm.check_dims(spatial_ndim, dims)
         if self.dim_weights is not None and len(self.dim_weights) <= max(dims):
@@ -317,8 +317,7 @@ class BettiMatchingLoss(nn.Module):
     filtrations and six union-find passes per map instead of one and two (figures: docs/benchmarks.md).
 
     Args:
-        dims: homology dimensions to match; default all (2D: 0 and 1; 3D: pass ``dims=(0, 2)``, dim 1 of
-            3D maps is not implemented).
+        dims: homology dimensions to match; default all (2D: 0 and 1; 3D: 0, 1 and 2).
         construction: ``"V"`` (default, as the reference: pixels are vertices; foreground 4/6-connected)
             or ``"T"`` (pixels are top cells; foreground 8/26-connected). The reference has only ``"V"``.
         from_logits: ``input`` holds logits; a sigmoid is applied first.

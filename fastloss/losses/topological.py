@@ -5,7 +5,7 @@ comparison image: :class:`fastloss.BettiMatchingLoss`.
 
 For each (b, c) map the prediction ``p`` is turned into the sublevel filtration :math:`f = 1 - p`
 (foreground appears first). Persistent homology of ``f`` is computed on the CPU on a detached copy, by
-the native engine :mod:`fastloss.ph` (numba; 2D all dims, 3D dims 0 and 2) or by
+the native engine :mod:`fastloss.ph` (numba; every dim of 2D and 3D maps) or by
 cripser (``backend``, through :mod:`fastloss.ph.diagram`); each bar :math:`(b_i, d_i)` of dimension :math:`k` has
 persistence :math:`d_i - b_i` (an infinite death counts as 1). With :math:`\beta_k` the target's
 Betti number, the bars are ranked by persistence and
@@ -331,9 +331,8 @@ class TopologicalLoss(nn.Module):
         betti: a topological prior ``(beta_0, beta_1, ...)`` used instead of a target mask
             (call with ``target=None``).
         backend: persistent-homology engine. ``"auto"`` (default): the native engine
-            (:mod:`fastloss.ph`, numba) where it covers ``dims`` (2D: all; 3D: 0 and 2), else cripser
-            (3D maps with dim 1; everything without numba). ``"native"``: the native engine only
-            (``ValueError`` for 3D dim 1, ``ImportError`` without numba). ``"cripser"``: cripser for
+            (:mod:`fastloss.ph`, numba; every dim of 2D and 3D maps), cripser without numba.
+            ``"native"``: the native engine only (``ImportError`` without numba). ``"cripser"``: cripser for
             everything (the reference). The target's Betti numbers come from labelling the mask
             unless ``"cripser"``. The loss value is the same with every backend, the gradient too
             unless the map has ties (then another pixel of the same value may carry it). One

@@ -25,17 +25,24 @@ INSTALL_HINT = "the native persistent-homology engine needs numba: `pip install 
 UNCACHED: list[str] = []
 
 
-def njit(fn: Callable) -> Callable:
-    """Compile ``fn`` with ``numba.njit(nogil=True, cache=True)``, without the cache when it cannot be written."""
+def njit(fn: Callable | None = None, *, inline: bool = False) -> Callable:
+    """Compile ``fn`` with ``numba.njit(nogil=True, cache=True)``, without the cache when it cannot be written.
+
+    ``@njit(inline=True)``: a small helper inlined into its callers at numba's IR level (a call with
+    array arguments costs more than the helper's work in the dim-1 kernels).
+    """
+    if fn is None:
+        return lambda f: njit(f, inline=inline)
     if numba is None:
         return fn
+    opts = {"inline": "always"} if inline else {}
     try:
-        return numba.njit(nogil=True, cache=True)(fn)
+        return numba.njit(nogil=True, cache=True, **opts)(fn)
     except RuntimeError as exc:  # "cannot cache function ...: no locator available for file ..."
         if "cannot cache" not in str(exc):
             raise
         UNCACHED.append(fn.__qualname__)
-        return numba.njit(nogil=True, cache=False)(fn)
+        return numba.njit(nogil=True, cache=False, **opts)(fn)
 
 
 def require_numba() -> None:

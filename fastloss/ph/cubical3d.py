@@ -9,7 +9,8 @@ The scheme of :mod:`fastloss.ph.cubical2d` one dimension up (rank space, padded 
   rank n) as the oldest dual vertex. When voxel p enters, every dual vertex around it merges: "V" the
   8 cubes around p (a cube's node is the max rank of its 8 corners), "T" p and its 6-neighbours.
 
-dim 1 of a 3D map is not computed here (the dispatcher takes it from cripser).
+dim 1 of a 3D map is not a union-find computation: :mod:`fastloss.ph.loops3d` (which also gives dims 0 and 2
+on the way, from explicit cells) computes it; these two passes serve ``dims`` without 1.
 """
 
 from __future__ import annotations

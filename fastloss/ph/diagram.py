@@ -17,8 +17,8 @@ BACKENDS = ("auto", "native", "cripser")
 
 
 def native_dims(ndim: int) -> tuple[int, ...]:
-    """Homology dimensions the native engine computes for ``ndim``-dimensional maps."""
-    return {2: (0, 1), 3: (0, 2)}.get(ndim, ())
+    """Homology dimensions the native engine computes for ``ndim``-dimensional maps: all of 2D and 3D."""
+    return {2: (0, 1), 3: (0, 1, 2)}.get(ndim, ())
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,13 @@ def _as_map(f: np.ndarray) -> np.ndarray:
 def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = None) -> Diagram:
     """The diagram of the sublevel filtration of ``f`` by the native engine (dims of :func:`native_dims`).
 
-    Rows: dim 0's finite bars by increasing death, its essential bar, then the top dimension's bars by
-    decreasing birth (cripser's order).
+    Rows (cripser's order): dim 0's finite bars by increasing death, its essential bar, then dim 1 of a
+    3D map by decreasing birth, then the top dimension's bars by decreasing birth. Dims 0 and the top
+    one alone: two union-find passes (:mod:`~fastloss.ph.cubical2d`, :mod:`~fastloss.ph.cubical3d`).
+    Dim 1 of a 3D map: :mod:`~fastloss.ph.loops3d` (all three dims from one set of cell keys).
     """
     require_numba()
-    from . import cubical2d, cubical3d
+    from . import cubical2d, cubical3d, loops3d
 
     f = _as_map(f)
     shape, nd = f.shape, f.ndim
@@ -109,16 +111,25 @@ def native(f: np.ndarray, construction: str = "V", dims: Iterable[int] | None = 
     args = (fl.porder, fl.rank, fl.level) + shape[1:]
     t = construction == "T"
     top = nd - 1
-    if nd == 2:
-        low, high = cubical2d.components, (cubical2d.holes_t if t else cubical2d.holes_v)
-    else:
-        low, high = cubical3d.components, (cubical3d.voids_t if t else cubical3d.voids_v)
     parts = []
-    if 0 in dims:
-        b, d = low(*args, t)
-        parts.append((0, np.append(b, 0), np.append(d, -1)))  # the essential bar (rank 0, never dies)
-    if top in dims:
-        parts.append((top, *high(*args)))
+    if nd == 3 and 1 in dims:
+        found = loops3d.pairs(fl, construction)
+        for k in (0, 1, 2):
+            if k in dims:
+                b, d = found[k]
+                if k == 0:  # the essential bar (rank 0, never dies)
+                    b, d = np.append(b, 0), np.append(d, -1)
+                parts.append((k, b, d))
+    else:
+        if nd == 2:
+            low, high = cubical2d.components, (cubical2d.holes_t if t else cubical2d.holes_v)
+        else:
+            low, high = cubical3d.components, (cubical3d.voids_t if t else cubical3d.voids_v)
+        if 0 in dims:
+            b, d = low(*args, t)
+            parts.append((0, np.append(b, 0), np.append(d, -1)))  # the essential bar (rank 0, never dies)
+        if top in dims:
+            parts.append((top, *high(*args)))
     if not parts:
         return Diagram.empty(shape)
     dim = np.concatenate([np.full(len(b), k, np.int64) for k, b, _ in parts])
@@ -145,26 +156,21 @@ def cripser_diagram(f: np.ndarray, construction: str = "V", maxdim: int | None =
 def resolve(backend: str, ndim: int, dims: Iterable[int]) -> str:
     """Which engine computes ``dims`` of an ``ndim``-D map: ``"native"`` or ``"cripser"``.
 
-    ``"auto"`` is native where it covers the dims, else cripser (cripser alone when numba is missing).
-    A 3D map with dim 1 goes to cripser whole: its run for dim 1 computes dim 0 on the way and its dim 2
-    costs little more. Measured at 64^3, 1 thread, 25 interleaved rounds: cripser for dims 0-1 plus the
-    native dim 2 took 0.97x [0.93, 0.98] of cripser alone's speed, native dims 0 and 2 beside a
-    cripser dim-1 run 0.89x [0.83, 0.92].
+    ``"auto"`` is native wherever numba is present (every dimension of 2D and 3D maps), else cripser.
     """
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "cripser":
         return "cripser"
     dims = set(dims)
-    supported = ndim in (2, 3)
-    covered = supported and dims <= set(native_dims(ndim))
+    covered = ndim in (2, 3) and dims <= set(native_dims(ndim))
     if backend == "native":
         require_numba()
+        if ndim not in (2, 3):
+            raise ValueError(f"backend='native' computes 2D and 3D maps, got a {ndim}D map: use backend='cripser'")
         if not covered:
-            raise ValueError(
-                f"backend='native' computes dims {list(native_dims(ndim))} of {ndim}D maps, got dims "
-                f"{sorted(dims)}: use backend='auto' (which takes dim 1 of 3D maps from cripser) or 'cripser'"
-            )
+            raise ValueError(f"backend='native' computes dims {list(native_dims(ndim))} of {ndim}D maps, got dims "
+                             f"{sorted(dims)}")
         return "native"
     return "native" if covered and HAVE_NUMBA else "cripser"
 
@@ -173,8 +179,8 @@ def persistence(f: np.ndarray, construction: str = "V", dims: Iterable[int] | No
                 backend: str = "auto") -> Diagram:
     """The persistence diagram of the sublevel filtration of ``f`` restricted to ``dims`` (default all).
 
-    ``backend``: ``"native"`` (this package's kernels; 2D all dims, 3D dims 0 and 2), ``"cripser"``, or
-    ``"auto"`` (native where it covers ``dims``, else cripser; cripser alone without numba).
+    ``backend``: ``"native"`` (this package's kernels; every dim of 2D and 3D maps), ``"cripser"``, or
+    ``"auto"`` (native where numba is present, else cripser).
     """
     f = np.asarray(f)
     dims = tuple(range(f.ndim)) if dims is None else tuple(dims)

@@ -6,8 +6,10 @@ T alone (its filtration, cell orders, dual keys and dim-0 bars) is :class:`Targe
 by :func:`target_side` and reusable for every prediction against that target
 (:class:`fastloss.CachedPH` caches it).
 
-Dims: 2D maps 0 and 1; 3D maps 0 and 2 (dim 1 of a 3D map is not a union-find computation: the
-reference reduces a boundary matrix for it; asking for it is a :class:`NotImplementedError`).
+Dims: every dimension of 2D and 3D maps (:func:`fastloss.ph.native_dims`). Dim 1 of a 3D map is not
+a union-find computation: it reduces each image's coboundary matrix (:mod:`fastloss.ph.loops3d`, cells
+in the reference's order: value, then cell index) and the boundary matrix of C with rows in P's (T's)
+order (image persistence); a bar of C is induced from the bar of P (T) born at its column's pivot.
 
 The reference's conventions, kept here so the loss reproduces it:
 - only finite bars: the one essential bar of each map (dim 0, its global minimum) is not in the
@@ -24,32 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import CONSTRUCTIONS, check_construction, check_map
+from . import loops3d
 from ._jit import require_numba
 from .cells import MAX, OUTSIDE, cell_order, families, pixel_levels
+from .diagram import native_dims
 from .induced import dual_bars, dual_match, primal_bars, primal_match
 from .sort import Filtration, filtration
 
 
-def matching_dims(ndim: int) -> tuple[int, ...]:
-    """Homology dimensions Betti matching computes for ``ndim``-dimensional maps."""
-    return {2: (0, 1), 3: (0, 2)}.get(ndim, ())
-
-
 def check_dims(ndim: int, dims) -> tuple[int, ...]:
-    """``dims`` as a tuple (default: :func:`matching_dims`), or a ValueError/NotImplementedError naming
-    what is supported."""
+    """``dims`` as a tuple (default: :func:`fastloss.ph.native_dims`, every dimension), or a ValueError
+    naming what is supported."""
     if ndim not in (2, 3):
         raise ValueError(f"Betti matching computes 2D and 3D maps, got {ndim}D")
-    dims = matching_dims(ndim) if dims is None else tuple(int(d) for d in dims)
+    dims = native_dims(ndim) if dims is None else tuple(int(d) for d in dims)
     bad = [d for d in dims if not 0 <= d < ndim]
     if bad:
         raise ValueError(f"`dims` must lie in [0, {ndim - 1}] for {ndim}D maps, got {list(dims)}")
-    if ndim == 3 and 1 in dims:
-        raise NotImplementedError(
-            "Betti matching of dim 1 (loops) in 3D maps is not implemented natively (it needs a boundary-"
-            "matrix reduction, not union-find): use dims=(0, 2), or fastloss.TopologicalLoss (Betti-number "
-            "matching) for dim 1"
-        )
     return dims
 
 
@@ -123,12 +116,16 @@ class TargetSide:
     image: _Image
     primal: tuple | None  # dim-0 (birth_ranks, death_ranks, bar_of)
     dual_order: np.ndarray | None  # the cells of its dual pass (cleared: only the dual's merges, 2D "V")
+    loops: loops3d.Complex | None = None  # 3D with dim 1: its cells, forests and dim-1 bars
 
     @property
     def nbytes(self) -> int:
         """Memory held by the side's arrays (about 33 bytes a pixel for a 2D "V" map)."""
         im = self.image
         arrays = [self.f, im.fl.porder, im.fl.rank, im.fl.level, im.lv, im.top, self.dual_order, *(self.primal or ())]
+        if self.loops is not None:
+            lp = self.loops
+            arrays += [lp.ekey, lp.skey, lp.ckey, lp.emap, lp.smap, lp.paired, *lp.dims[1]]
         return int(sum(a.nbytes for a in arrays if a is not None))
 
 
@@ -148,7 +145,16 @@ def target_side(f_target: np.ndarray, construction: str = "V", dims=None) -> Tar
         if clear:
             dual_order = kept
     image.primal_order = image.dual_order = None  # held by the side only as needed
-    return TargetSide(tuple(f.shape), construction, dims, f, image, tuple(primal) if primal else None, dual_order)
+    loops = _loops(image.fl, construction, dims)
+    return TargetSide(tuple(f.shape), construction, dims, f, image, tuple(primal) if primal else None, dual_order,
+                      loops)
+
+
+def _loops(fl: Filtration, construction: str, dims: tuple[int, ...]) -> loops3d.Complex | None:
+    """A 3D map's dim-1 complex in the reference's cell order, when dim 1 is asked for."""
+    if len(fl.shape) != 3 or 1 not in dims:
+        return None
+    return loops3d.complex_of(fl, construction, by_index=True)
 
 
 def _clearing(fam: dict, dims: tuple[int, ...], top: int) -> bool:
@@ -209,6 +215,14 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
         op, ot = add("pred", p.fl, 0, pb, pd), add("target", t.fl, 0, tb, td)
         matched_p.append(mp.astype(np.int64) + op)
         matched_t.append(mt.astype(np.int64) + ot)
+    if side.loops is not None:
+        p_loops = _loops(p.fl, side.construction, dims)
+        c_loops = _loops(c.fl, side.construction, dims)
+        mp, mt = loops3d.loop_matching(p_loops, side.loops, c_loops)
+        (pb, pd), (tb, td) = p_loops.dims[1], side.loops.dims[1]
+        op, ot = add("pred", p.fl, 1, pb >> 4, pd >> 4), add("target", t.fl, 1, tb >> 4, td >> 4)
+        matched_p.append(mp + op)
+        matched_t.append(mt + ot)
     if top in dims:
         pb, pd, tb, td, mp, mt = dual
         op, ot = add("pred", p.fl, top, pb, pd), add("target", t.fl, top, tb, td)
@@ -226,4 +240,4 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
 
 
 __all__ = ["CONSTRUCTIONS", "MAX", "Barcode", "Matching", "TargetSide", "betti_matching", "check_dims",
-           "matching_dims", "target_side"]
+           "target_side"]

@@ -394,7 +394,7 @@ class TestPassesAndConstructions:
         critical pixels included (tie-free maps)."""
         rng = np.random.default_rng(7)
         p, t = (random_map(rng, shape, "tie-free") + 1e-3 * k for k in (0, 1))
-        dims = ph.native_dims(len(shape))
+        dims = ph.native_dims(len(shape))  # every dim (3D dim 1 included)
         m = betti_matching(p, t, construction, dims)
         for bars, x in ((m.pred, p), (m.target, t)):
             d = ph.persistence(x, construction, dims, backend="native")
@@ -575,12 +575,6 @@ class TestErrors:
         assert message in str(info.value)
         with pytest.raises(error):
             betti_matching_loss(*args, **kwargs)
-
-    @pytest.mark.parametrize("dims", [None, (0, 1, 2), (1,)])
-    def test_3d_dim_1_is_not_implemented(self, dims):
-        x = torch.rand(1, 1, 4, 4, 4)
-        with pytest.raises(NotImplementedError, match=r"dim 1 \(loops\) in 3D.*use dims=\(0, 2\), or fastloss.TopologicalLoss"):
-            fastloss.BettiMatchingLoss(dims=dims)(x, x)
 
     def test_without_numba(self, monkeypatch):
         monkeypatch.setattr(ph._jit, "numba", None)

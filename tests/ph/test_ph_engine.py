@@ -87,7 +87,8 @@ def tied_maps(draw, ndim: int, max_side: int):
 
 
 def native_rows(f, construction):
-    return ph.persistence(f, construction, ph.native_dims(f.ndim), backend="native").to_cripser()
+    """The union-find passes' dims (0 and the top one; 3D dim 1: tests/ph/test_dim1_3d.py)."""
+    return ph.persistence(f, construction, (0, f.ndim - 1), backend="native").to_cripser()
 
 
 class TestExactDiagrams:
@@ -301,15 +302,21 @@ class TestLossBackends:
         value = fastloss.TopologicalLoss(dims=[0, 2], backend="auto")(pred, target)
         assert torch.isfinite(value)
 
-    def test_3d_dim_1_auto_uses_cripser(self):
-        """auto in 3D with dim 1: cripser for the map (the target still by labelling); equal loss."""
+    def test_3d_dim_1_auto_is_native(self, monkeypatch):
+        """auto in 3D with dim 1: the native engine (cripser never called), the cripser backend's loss."""
         target = torch.zeros(1, 1, 9, 9, 9)
         target[..., 2:7, 2:7, 2:7] = 1
         target[..., 2:7, 4:5, 4:5] = 0  # a tunnel: beta_1 = 1
         pred = tie_free_prediction(target.shape, seed=4)
-        a = topological_loss(pred, target, backend="auto")
         b = topological_loss(pred, target, backend="cripser")
+
+        def boom(*args, **kwargs):
+            raise AssertionError("cripser called")
+
+        monkeypatch.setattr(cripser, "compute_ph", boom)
+        a = topological_loss(pred, target, backend="auto")
         assert torch.equal(a, b)
+        assert ph.resolve("auto", 3, (0, 1, 2)) == "native"
         rows = topo.persistence_diagram((1 - pred)[0, 0].numpy(), "V", backend="auto")
         assert sorted(set(rows[:, 0].astype(int))) == [0, 1, 2]
 
@@ -327,10 +334,22 @@ class TestBackendErrors:
             make()
 
     @pytest.mark.parametrize("dims", [None, [1], [0, 1]])
-    def test_native_3d_dim_1(self, dims):
-        target = torch.ones(1, 1, 4, 4, 4)
-        with pytest.raises(ValueError, match=r"backend='native' computes dims \[0, 2\] of 3D maps.*backend='auto'"):
-            fastloss.TopologicalLoss(dims=dims, backend="native")(target.clone(), target)
+    def test_native_3d_dim_1_is_computed(self, dims):
+        """The former ValueError for 3D dim 1 under backend='native' is gone: the loss is cripser's."""
+        target = torch.zeros(1, 1, 6, 6, 6)
+        target[..., 1:5, 1:5, 1:5] = 1
+        target[..., 1:5, 2:4, 2:4] = 0
+        pred = tie_free_prediction(target.shape, seed=2)
+        a = fastloss.TopologicalLoss(dims=dims, backend="native")(pred, target)
+        b = fastloss.TopologicalLoss(dims=dims, backend="cripser")(pred, target)
+        assert torch.equal(a, b)
+
+    def test_native_other_ndim(self):
+        with pytest.raises(ValueError, match=r"backend='native' computes 2D and 3D maps, got a 1D map: use "
+                                             r"backend='cripser'"):
+            ph.resolve("native", 1, (0,))
+        with pytest.raises(ValueError, match=r"backend='native' computes dims \[0, 1, 2\] of 3D maps, got dims \[3\]"):
+            ph.resolve("native", 3, (3,))
 
     def test_repr_names_backend(self):
         assert "backend='native'" in repr(fastloss.TopologicalLoss(backend="native"))

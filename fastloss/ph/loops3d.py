@@ -1,0 +1,856 @@
+"""Every dimension of a 3D map at once: dims 0 and 2 by union-find on explicit cells, dim 1 by a cleared
+coboundary reduction (the scheme of CubicalRipser, shrunk by what dims 0 and 2 give).
+
+Cells live on the padded grid of :class:`fastloss.ph.sort.Filtration` (strides ``S = (sa, sb, 1)``):
+a *V-edge* ``(q, a)`` has corners ``q, q + S[a]``; a *V-square* ``(q, o)`` (normal axis ``o``, spanning
+the other two axes ``u < w``) has corners ``q + i S[u] + j S[w]``; a *V-cube* ``q`` has 8 corners.
+
+- ``"V"``: voxels are vertices; the complex's edges, squares and cubes are the V-cells whose corners
+  are all voxels, each entering at its highest-ranked corner.
+- ``"T"``: voxels are cubes; the complex's cells are dual to the V-cells: a T-vertex is a V-cube, a
+  T-edge a V-square, a T-square a V-edge, a T-cube a voxel; one exists when a corner of its V-cell is a
+  voxel and enters at its lowest-ranked voxel corner.
+
+Either way a cell's value is one voxel's, its *critical voxel* ``p`` (rank ``v``), and the cells sharing
+``p`` are the few V-cells around ``p``. The total order on cells is ``(v, dim, idx)``, ``idx`` the
+cell's place around ``p`` (edges ``2 a + i``: base ``p - i S[a]``; squares ``4 o + 2 i + j``: base
+``p - i S[u] - j S[w]``; cubes ``4 l + 2 i + j``). :func:`cell_keys` writes every edge's and square's
+key ``16 v + idx`` (``16 n``: no such cell): comparing keys is comparing cells.
+
+- dim 0: Kruskal on the 1-skeleton in increasing order (``"V"``: voxels joined by edges,
+  :func:`voxel_forest`; ``"T"``: V-cubes joined by V-squares, :func:`cube_forest`), elder rule.
+- dim 2: Alexander duality, Kruskal on the dual graph in decreasing order with the outside as the
+  eldest node (``"V"``: V-cubes and the outside joined by V-squares; ``"T"``: voxels and the outside
+  joined by V-edges).
+- dim 1 (:func:`loops`): cohomology, columns are the 1-cells (edges; ``"T"``: V-squares) in decreasing
+  order, rows the 2-cells, a column's pivot its earliest row. What the two forests give shrinks it:
+  the 1-cells of the dim-0 forest are cleared (their columns reduce to zero), and the 2-cells of the
+  dual forest never enter as rows (the earliest 2-cell of a non-zero cocycle closes a cycle of the dual
+  graph, so it is never a forest cell: dropping those rows keeps every pivot). What remains is square:
+  one column and one row per dim-1 pair. A column whose pivot's latest column-face is the column
+  itself is an *apparent pair*, final without reduction; those are found by one linear scan of the
+  grid. The other columns are reduced in decreasing order with a heap (entries cancel in pairs, mod
+  2), adding the coboundary of the column that owns the pivot (an apparent column's, or a reduced one
+  kept in a bounded cache).
+
+Every cell of the complex is in exactly one pair (dims 0, 1, 2) or the essential component, so the
+kernels return every pair; the ones of zero persistence (equal levels) are not recorded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import njit
+from .unionfind import find
+
+# the reduced columns kept for reuse: at most this many entries per voxel (bounded memory)
+CACHE_PER_VOXEL = 4
+
+
+@njit
+def _strides(sa: int, sb: int) -> np.ndarray:
+    out = np.empty(3, np.int64)
+    out[0] = sa
+    out[1] = sb
+    out[2] = 1
+    return out
+
+
+@njit
+def _others(o: int) -> tuple[int, int]:
+    """The two axes other than ``o``, ascending."""
+    if o == 0:
+        return 1, 2
+    if o == 1:
+        return 0, 2
+    return 0, 1
+
+
+@njit
+def _three(x0: int, x1: int, x2: int, x3: int, k: int) -> tuple[int, int, int]:
+    """The three of four corner ranks that are not ``k``."""
+    if x0 == k:
+        return x1, x2, x3
+    if x1 == k:
+        return x0, x2, x3
+    if x2 == k:
+        return x0, x1, x3
+    return x0, x1, x2
+
+
+@njit
+def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
+              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool) -> None:
+    """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
+
+    A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
+    ``"V"``; its lowest voxel corner under ``"T"``, ``use_min``: padding has rank ``n``), ``l`` its
+    place among the cells of its family sharing that voxel; ``16 n`` where the cell is not in the
+    complex. Edges are ids ``a * P + q`` (``ekey``, ``3 P``), squares ``o * P + q`` (``skey``), cubes
+    ``q`` (``ckey``, ``P``). Places order those cells by their other corners' ranks,
+    colexicographically (``"V"``: sorted down, the next-highest first; ``"T"``: sorted up; two ranks
+    decide, as three corners make a square), the order in which a lower star's cells pair off (most
+    pairs are then apparent, see :func:`loops`); ties (padding corners, ``"T"``) by geometric index.
+    ``by_index``: places by cell index instead (base position, then type), Betti-Matching-3D's order
+    for cells of equal value (so that Betti matching reproduces it).
+    ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
+    edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
+    """
+    size = rank.size
+    st = _strides(sa, sb)
+    big = n * 16
+    ekey[:] = big
+    skey[:] = big
+    sort_key = np.empty(12, np.int64)
+    geo = np.empty(12, np.int64)
+    for p in range(size):
+        k = rank[p]
+        if k >= n:
+            emap[p] = -1
+            smap[p] = -1
+            continue
+        # edges whose critical voxel is p, by the other end's rank
+        c = 0
+        for g in range(6):
+            a = g >> 1
+            nb = p + st[a] if g & 1 == 0 else p - st[a]
+            x = np.int64(rank[nb])
+            if (x <= k) if use_min else (x >= k):
+                continue
+            if by_index:
+                x = (p - (g & 1) * st[a]) * 4 + a
+            j = c  # insertion: stable, by rank then geometric index
+            while j > 0 and sort_key[j - 1] > x:
+                sort_key[j] = sort_key[j - 1]
+                geo[j] = geo[j - 1]
+                j -= 1
+            sort_key[j] = x
+            geo[j] = g
+            c += 1
+        m = np.int64(-1)
+        for j in range(c):
+            g = geo[j]
+            a = g >> 1
+            ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
+            m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
+        emap[p] = m
+        # squares whose critical voxel is p, by their other corners' ranks
+        c = 0
+        for g in range(12):
+            o = g >> 2
+            u, w = _others(o)
+            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            # p's two neighbours in the square first: most squares fail there
+            nu = p - st[u] if (g >> 1) & 1 else p + st[u]
+            nw = p - st[w] if g & 1 else p + st[w]
+            yu = rank[nu]
+            yw = rank[nw]
+            if ((yu <= k) or (yw <= k)) if use_min else ((yu >= k) or (yw >= k)):
+                continue
+            x0 = np.int64(rank[base])
+            x1 = np.int64(rank[base + st[u]])
+            x2 = np.int64(rank[base + st[w]])
+            x3 = np.int64(rank[base + st[u] + st[w]])
+            if use_min:
+                if min(min(x0, x1), min(x2, x3)) != k:
+                    continue
+                # the three other corners, sorted up; the two lowest decide
+                y0, y1, y2 = _three(x0, x1, x2, x3, k)
+                if y0 > y1:
+                    y0, y1 = y1, y0
+                if y1 > y2:
+                    y1, y2 = y2, y1
+                    if y0 > y1:
+                        y0, y1 = y1, y0
+                key = (y0 << 31) | y1
+            else:
+                if max(max(x0, x1), max(x2, x3)) != k:
+                    continue
+                # the three other corners, sorted down; the two highest decide
+                y0, y1, y2 = _three(x0, x1, x2, x3, k)
+                if y0 < y1:
+                    y0, y1 = y1, y0
+                if y1 < y2:
+                    y1, y2 = y2, y1
+                    if y0 < y1:
+                        y0, y1 = y1, y0
+                key = (y0 << 31) | y1
+            if by_index:
+                key = base * 4 + o
+            j = c
+            while j > 0 and sort_key[j - 1] > key:
+                sort_key[j] = sort_key[j - 1]
+                geo[j] = geo[j - 1]
+                j -= 1
+            sort_key[j] = key
+            geo[j] = g
+            c += 1
+        mm = np.int64(-1)
+        for j in range(c):
+            g = geo[j]
+            o = g >> 2
+            u, w = _others(o)
+            skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
+            mm = (mm & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
+        smap[p] = mm
+    s = st[0]
+    for q in range(size):  # a cube's key: its two squares normal to axis 0 decide (elder rule only)
+        if q + s >= size:
+            ckey[q] = big
+            continue
+        s1 = skey[q]
+        s2 = skey[q + s]
+        if use_min:
+            e, l0 = (s1, 0) if s1 < s2 else (s2, 1)
+        else:
+            e, l0 = (s1, 0) if s1 > s2 else (s2, 1)
+            if s1 >= big or s2 >= big:
+                e = big
+        ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
+
+
+def new_keys(fl, use_min: bool, by_index: bool = False):
+    """Allocate and fill :func:`cell_keys`' arrays for a :class:`~fastloss.ph.sort.Filtration`:
+    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits."""
+    _, h, w = fl.shape
+    n, size = fl.porder.size, fl.rank.size
+    kt = np.int32 if 16 * n < np.iinfo(np.int32).max else np.int64
+    ekey, skey = np.empty(3 * size, kt), np.empty(3 * size, kt)
+    ckey = np.empty(size, kt)
+    emap, smap = np.empty(size, np.int64), np.empty(size, np.int64)
+    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index)
+    return ekey, skey, ckey, emap, smap
+
+
+@njit
+def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: np.ndarray, sa: int, sb: int,
+                 increasing: bool, paired: np.ndarray):
+    """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
+    whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
+    it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. Sets bit ``a``
+    of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
+    of non-zero persistence."""
+    n = porder.size
+    st = _strides(sa, sb)
+    parent = np.empty(n + 1, np.int32)
+    parent[n] = n
+    births = np.empty(n, np.int32)
+    deaths = np.empty(n, np.int32)
+    m = 0
+    for step in range(n):
+        k = step if increasing else n - 1 - step
+        p = porder[k]
+        parent[k] = k
+        root = k
+        places = emap[p]
+        for t in range(6):
+            g = (places >> (4 * (t if increasing else 5 - t))) & 15
+            if g == 15:
+                if increasing:
+                    break
+                continue
+            a = g >> 1
+            nb = p + st[a] if g & 1 == 0 else p - st[a]
+            r = find(parent, rank[nb])
+            if r == root:
+                continue
+            if (r < root) if increasing else (r > root):
+                young = root
+                root = r
+            else:
+                young = r
+            parent[young] = root
+            base = p if g & 1 == 0 else nb
+            paired[base] |= np.uint8(1 << a)
+            if level[young] != level[k]:
+                births[m] = young if increasing else k
+                deaths[m] = k if increasing else young
+                m += 1
+    return births[:m].copy(), deaths[:m].copy()
+
+
+@njit
+def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: np.ndarray, sa: int, sb: int,
+                increasing: bool, paired: np.ndarray):
+    """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
+    (decreasing; a cube outside the complex is the outside node, the eldest), squares in
+    :func:`cell_keys`' order. Sets bit ``3 + o`` of ``paired[q]`` for every forest square ``(q, o)``;
+    returns the pairs of non-zero persistence."""
+    n = porder.size
+    size = ckey.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    # per cube: its parent, or at a root -(key + 1) (one load gives the root and its key); cubes
+    # outside the complex point to the outside (node ``size``, the eldest: key 16 n)
+    node = np.empty(size + 1, ckey.dtype)  # int32 while keys are (16 n < 2**31)
+    for q in range(size):
+        node[q] = -(ckey[q] + 1) if ckey[q] < big else size
+    node[size] = -(big + 1)
+    births = np.empty(n, np.int32)
+    deaths = np.empty(n, np.int32)
+    m = 0
+    for step in range(n):
+        k = step if increasing else n - 1 - step
+        p = porder[k]
+        places = smap[p]
+        for t in range(12):
+            g = (places >> (4 * (t if increasing else 11 - t))) & 15
+            if g == 15:
+                if increasing:
+                    break
+                continue
+            o = g >> 2
+            u, w = _others(o)
+            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            x = _root(node, base)
+            y = _root(node, base - st[o])
+            if x == y:
+                continue
+            kx = -node[x] - 1
+            ky = -node[y] - 1
+            if (kx < ky) if increasing else (kx > ky):
+                elder, young, kyoung = x, y, ky
+            else:
+                elder, young, kyoung = y, x, kx
+            node[young] = elder
+            paired[base] |= np.uint8(8 << o)
+            vy = kyoung >> 4
+            if level[vy] != level[k]:
+                births[m] = vy if increasing else k
+                deaths[m] = k if increasing else vy
+                m += 1
+    return births[:m].copy(), deaths[:m].copy()
+
+
+@njit
+def _root(node: np.ndarray, x: int) -> int:
+    """Root of ``x`` in a forest whose roots hold negative keys, halving the path on the way."""
+    while True:
+        p = node[x]
+        if p < 0:
+            return x
+        g = node[p]
+        if g < 0:
+            return p
+        node[x] = g
+        x = g
+
+
+@njit(inline=True)
+def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
+            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray) -> int:
+    """The unpaired neighbours of a cell: the squares containing edge ``(q, typ)`` (``of_edge``) or the
+    edges of square ``(q, typ)``; writes their ids and keys, returns how many."""
+    m = 0
+    if of_edge:
+        a = typ
+        for b in range(3):
+            if b == a:
+                continue
+            o = 3 - a - b
+            for h in range(2):
+                base = q - h * st[b]
+                if base < 0:
+                    continue
+                key = skey[o * size + base]
+                if key >= big or (paired[base] >> (3 + o)) & 1:
+                    continue
+                ids[m] = o * size + base
+                keys[m] = key
+                m += 1
+        return m
+    o = typ
+    u, w = _others(o)
+    for h in range(4):
+        if h < 2:
+            a = u
+            base = q + h * st[w]
+        else:
+            a = w
+            base = q + (h - 2) * st[u]
+        if base >= size:
+            continue
+        key = ekey[a * size + base]
+        if key >= big or (paired[base] >> a) & 1:
+            continue
+        ids[m] = a * size + base
+        keys[m] = key
+        m += 1
+    return m
+
+
+@njit
+def _row_id(key: int, edges: bool, porder: np.ndarray, places: np.ndarray, size: int, st: np.ndarray) -> int:
+    """The id of the edge (``edges``) or square of key ``key``: its critical voxel, and its geometric
+    index from ``places`` (:func:`cell_keys`' ``edge_places`` or ``square_places``)."""
+    p = porder[key >> 4]
+    g = (places[p] >> (4 * (key & 15))) & 15
+    if edges:
+        a = g >> 1
+        return a * size + p - (g & 1) * st[a]
+    o = g >> 2
+    u, w = _others(o)
+    return o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+
+
+@njit
+def _heap_push(heap: np.ndarray, size: int, x: int) -> None:
+    i = size
+    heap[i] = x
+    while i > 0:
+        up = (i - 1) >> 1
+        if heap[up] <= x:
+            break
+        heap[i] = heap[up]
+        i = up
+    heap[i] = x
+
+
+@njit
+def _heap_pop(heap: np.ndarray, size: int) -> int:
+    """Remove the minimum (the caller reads ``heap[0]`` first); returns the new size."""
+    size -= 1
+    x = heap[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and heap[c + 1] < heap[c]:
+            c += 1
+        if heap[c] >= x:
+            break
+        heap[i] = heap[c]
+        i = c
+    if size > 0:
+        heap[i] = x
+    return size
+
+
+@njit
+def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
+    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), kept in the
+    heap; pivot -1 when the column is zero."""
+    while size > 0:
+        top = heap[0]
+        size = _heap_pop(heap, size)
+        if size > 0 and heap[0] == top:
+            size = _heap_pop(heap, size)
+            continue
+        _heap_push(heap, size, top)
+        return top, size + 1
+    return -1, 0
+
+
+@njit
+def _grow(a: np.ndarray, need: int) -> np.ndarray:
+    if need <= a.size:
+        return a
+    b = np.empty(max(need, 2 * a.size), a.dtype)
+    b[: a.size] = a
+    return b
+
+
+@njit
+def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
+          emap: np.ndarray, smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
+    """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
+    the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
+    columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
+    reduced columns cached and their entries.
+    ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
+    (columns V-squares, rows their V-edges)."""
+    n = porder.size
+    size = paired.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    cmap = emap if columns_are_edges else smap
+    rmap = smap if columns_are_edges else emap
+    own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
+    ids = np.empty(4, np.int64)
+    keys = np.empty(4, np.int64)
+    ids2 = np.empty(4, np.int64)
+    keys2 = np.empty(4, np.int64)
+    pb = np.empty(1024, np.int64)
+    pd = np.empty(1024, np.int64)
+    m = 0
+    hard = np.empty(1024, np.int64)
+    nh = 0
+    # apparent pairs: one linear scan over the voxels. Most columns find their pivot among the cells of
+    # their own critical voxel p (the earliest possible rows), and whether it is apparent is decided
+    # there too (the other faces / cofaces of the pivot have earlier keys): places and paired bits
+    # only, no key lookups. The others look their rows up (_around).
+    eg = np.empty(6, np.int64)  # per place at p: geometric index, paired
+    ep = np.empty(6, np.bool_)
+    sg = np.empty(12, np.int64)
+    sp = np.empty(12, np.bool_)
+    se1 = np.empty(12, np.int64)  # per square place: its two edges at p (geometric)
+    se2 = np.empty(12, np.int64)
+    eplace = np.empty(6, np.int64)  # per geometric edge: its place at p (-1: none)
+    for p in range(size):
+        k = rank[p]
+        if k >= n:
+            continue
+        places = emap[p]
+        ce = 0
+        for g in range(6):
+            eplace[g] = -1
+        for j in range(6):
+            g = (places >> (4 * j)) & 15
+            if g == 15:
+                break
+            a = g >> 1
+            eg[j] = g
+            ep[j] = (paired[p - (g & 1) * st[a]] >> a) & 1 == 1
+            eplace[g] = j
+            ce += 1
+        places = smap[p]
+        cs = 0
+        for j in range(12):
+            g = (places >> (4 * j)) & 15
+            if g == 15:
+                break
+            o = g >> 2
+            u, w = _others(o)
+            iu = (g >> 1) & 1
+            iw = g & 1
+            sg[j] = g
+            sp[j] = (paired[p - iu * st[u] - iw * st[w]] >> (3 + o)) & 1 == 1
+            se1[j] = 2 * u + iu
+            se2[j] = 2 * w + iw
+            cs += 1
+        for l in range(ce if columns_are_edges else cs):  # noqa: E741 - a place, as in cell_keys
+            if ep[l] if columns_are_edges else sp[l]:
+                continue  # cleared
+            key = np.int64(k) * 16 + l
+            local = -1  # the pivot's place at p
+            apparent = False
+            if columns_are_edges:  # "V": rows are the squares at p containing the edge
+                g = eg[l]
+                for j in range(cs):
+                    if not sp[j] and (se1[j] == g or se2[j] == g):
+                        local = j
+                        break
+                if local >= 0:
+                    other = eplace[se2[local]] if se1[local] == g else eplace[se1[local]]
+                    apparent = ep[other] or other < l
+                    g = sg[local]
+                    o = g >> 2
+                    u, w = _others(o)
+                    row = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+                    g = eg[l]
+                    a = g >> 1
+                    cid = a * size + p - (g & 1) * st[a]
+            else:  # "T": rows are the square's two edges at p
+                l1 = eplace[se1[l]]
+                l2 = eplace[se2[l]]
+                if ep[l1]:
+                    local = -1 if ep[l2] else l2
+                else:
+                    local = l1 if (ep[l2] or l1 < l2) else l2
+                if local >= 0:
+                    ge = eg[local]
+                    apparent = True
+                    for j in range(l + 1, cs):
+                        if not sp[j] and (se1[j] == ge or se2[j] == ge):
+                            apparent = False
+                            break
+                    a = ge >> 1
+                    row = a * size + p - (ge & 1) * st[a]
+                    g = sg[l]
+                    o = g >> 2
+                    u, w = _others(o)
+                    cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            if local >= 0:
+                if apparent:  # zero persistence: nothing to record but the owner
+                    own[row] = cid
+                else:
+                    if nh == hard.size:
+                        hard = _grow(hard, nh + 1)
+                    hard[nh] = key
+                    nh += 1
+                continue
+            # the pivot lies elsewhere: look the rows up
+            cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+            typ = cid // size
+            q = cid - typ * size
+            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            best = 0
+            for t in range(1, r):
+                if keys[t] < keys[best]:
+                    best = t
+            apparent = r > 0
+            if apparent:
+                rt = ids[best] // size
+                c = _around(ids[best] - rt * size, rt, not columns_are_edges, size, st, ekey, skey, paired, big,
+                            ids2, keys2)
+                for t in range(c):
+                    if keys2[t] > key:
+                        apparent = False
+                        break
+            if apparent:
+                own[ids[best]] = cid
+                if level[key >> 4] != level[keys[best] >> 4]:
+                    if m == pb.size:
+                        pb = _grow(pb, m + 1)
+                        pd = _grow(pd, m + 1)
+                    pb[m] = key
+                    pd[m] = keys[best]
+                    m += 1
+            else:
+                if nh == hard.size:
+                    hard = _grow(hard, nh + 1)
+                hard[nh] = key
+                nh += 1
+    # the rest: reduction in decreasing column order
+    hard = np.sort(hard[:nh])
+    cache_at = np.full(3 * size, -1, np.int32)  # per row owned by a cached column: its slot
+    slot_start = np.empty(64, np.int64)
+    slot_len = np.empty(64, np.int64)
+    pool = np.empty(1024, np.int64)
+    used = 0
+    slots = 0
+    cap = CACHE_PER_VOXEL * n
+    heap = np.empty(64, np.int64)
+    unreduced = 0
+    pushes = 0
+    rows_are_edges = not columns_are_edges
+    for h in range(nh - 1, -1, -1):
+        key = hard[h]
+        cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+        ct = cid // size
+        r = _around(cid - ct * size, ct, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+        hsize = 0
+        for t in range(r):
+            _heap_push(heap, hsize, keys[t])
+            hsize += 1
+        added = 0
+        while True:
+            piv, hsize = _pivot(heap, hsize)
+            if piv < 0:
+                unreduced += 1
+                break
+            rid = _row_id(piv, rows_are_edges, porder, rmap, size, st)
+            j = own[rid]
+            if j < 0:
+                own[rid] = cid
+                if level[key >> 4] != level[piv >> 4]:
+                    if m == pb.size:
+                        pb = _grow(pb, m + 1)
+                        pd = _grow(pd, m + 1)
+                    pb[m] = key
+                    pd[m] = piv
+                    m += 1
+                if added > 0 and used + hsize <= cap:  # keep the reduced column (cancelled, sorted)
+                    if slots == slot_start.size:
+                        slot_start = _grow(slot_start, slots + 1)
+                        slot_len = _grow(slot_len, slots + 1)
+                    pool = _grow(pool, used + hsize)
+                    start = used
+                    while True:
+                        x, hsize = _pivot(heap, hsize)
+                        if x < 0:
+                            break
+                        hsize = _heap_pop(heap, hsize)
+                        pool[used] = x
+                        used += 1
+                    slot_start[slots] = start
+                    slot_len[slots] = used - start
+                    cache_at[rid] = slots
+                    slots += 1
+                break
+            added += 1
+            s = cache_at[rid]
+            if s >= 0:
+                heap = _grow(heap, hsize + slot_len[s])
+                for t in range(slot_len[s]):
+                    _heap_push(heap, hsize, pool[slot_start[s] + t])
+                    hsize += 1
+                pushes += slot_len[s]
+            else:
+                jt = j // size
+                c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids2, keys2)
+                heap = _grow(heap, hsize + c)
+                for t in range(c):
+                    _heap_push(heap, hsize, keys2[t])
+                    hsize += 1
+                pushes += c
+    order = np.argsort(-pb[:m])
+    births = np.empty(m, np.int64)
+    deaths = np.empty(m, np.int64)
+    for t in range(m):
+        births[t] = pb[order[t]]
+        deaths[t] = pd[order[t]]
+    return births, deaths, np.array([unreduced, nh, pushes, slots, used], np.int64)
+
+
+class Complex:
+    """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places, forest bits,
+    and its dim-0/1/2 pairs."""
+
+    __slots__ = ("ckey", "construction", "dims", "ekey", "emap", "fl", "paired", "sa", "sb", "skey", "smap")
+
+    def cell_ids(self, keys: np.ndarray, edges: bool) -> np.ndarray:
+        """Ids (``type * P + q``) of the edges (``edges``) or squares of the given keys."""
+        return cell_ids(keys, edges, self.fl.porder, self.emap if edges else self.smap, self.sa, self.sb)
+
+
+def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
+    """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
+    (``by_index``: see :func:`cell_keys`)."""
+    _, h, w = fl.shape
+    sa, sb = (h + 2) * (w + 2), w + 2
+    t = construction == "T"
+    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
+    paired = np.zeros(fl.rank.size, np.uint8)
+    if t:
+        zero = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, False, paired)
+    else:
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
+        two = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+    if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
+        raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
+    c = Complex()
+    c.fl, c.construction, c.sa, c.sb = fl, construction, sa, sb
+    c.ekey, c.skey, c.ckey, c.emap, c.smap, c.paired = ekey, skey, ckey, emap, smap, paired
+    c.dims = {0: zero, 1: (b, d), 2: two}
+    return c
+
+
+def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
+    :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
+    (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
+    c = complex_of(fl, construction)
+    b, d = c.dims[1]
+    return {0: c.dims[0], 1: ((b >> 4).astype(np.int32), (d >> 4).astype(np.int32)), 2: c.dims[2]}
+
+
+@njit
+def cell_ids(keys: np.ndarray, edges: bool, porder: np.ndarray, places: np.ndarray, sa: int, sb: int) -> np.ndarray:
+    """:func:`_row_id` of every key."""
+    st = _strides(sa, sb)
+    out = np.empty(keys.size, np.int64)
+    for i in range(keys.size):
+        out[i] = _row_id(keys[i], edges, porder, places, places.size, st)
+    return out
+
+
+@njit
+def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray, c_porder: np.ndarray,
+                 c_places2: np.ndarray, x_keys1: np.ndarray, x_paired: np.ndarray, x_porder: np.ndarray,
+                 x_places1: np.ndarray, n: int, sa: int, sb: int, squares: bool) -> np.ndarray:
+    """Image persistence of a map X in the comparison image C (sublevel sets of X inside C's): per
+    2-cell id of C, the 1-cell (id) its column's pivot is in the reduction of C's boundary matrix with
+    columns in C's order and rows in X's order (-1: no column). A C bar dying at a 2-cell is induced
+    from the X bar born at that 1-cell (Betti matching's image pairs).
+
+    Homology, columns by increasing C key, pivot a column's latest face in X's order; clearing: C's dual
+    forest 2-cells (they reduce to zero: the column space is C's) are no columns, X's dim-0 forest
+    1-cells are no rows (a cycle's latest 1-cell in X's order is never in X's forest). ``squares``:
+    ``"V"`` (2-cells are V-squares, faces their V-edges); else ``"T"`` (2-cells V-edges, faces the
+    V-squares containing them). Apparent pairs (a column is its pivot's earliest coface in C) are
+    taken in one linear scan, the rest reduced with a heap (of ``16 n - key``: latest first)."""
+    size = c_paired.size
+    st = _strides(sa, sb)
+    big = np.int64(n) * 16
+    own = np.full(3 * size, -1, np.int64)  # per 1-cell: the column whose pivot it is
+    out = np.full(3 * size, -1, np.int64)
+    ids = np.empty(4, np.int64)
+    keys = np.empty(4, np.int64)
+    ids2 = np.empty(4, np.int64)
+    keys2 = np.empty(4, np.int64)
+    hard = np.empty(1024, np.int64)
+    nh = 0
+    shift = 3 if squares else 0  # C's dual-forest bits for the 2-cells
+    for typ in range(3):
+        for q in range(size):
+            cid = typ * size + q
+            key = c_keys2[cid]
+            if key >= big or (c_paired[q] >> (shift + typ)) & 1:
+                continue
+            r = _around(q, typ, not squares, size, st, x_keys1 if squares else c_keys2,
+                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+            best = -1
+            for t in range(r):
+                if best < 0 or keys[t] > keys[best]:
+                    best = t
+            apparent = best >= 0
+            if apparent:
+                rt = ids[best] // size
+                c = _around(ids[best] - rt * size, rt, squares, size, st, c_keys1 if squares else c_keys2,
+                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2)
+                for t in range(c):
+                    if keys2[t] < key:
+                        apparent = False
+                        break
+            if apparent:
+                own[ids[best]] = cid
+                out[cid] = ids[best]
+            else:
+                if nh == hard.size:
+                    hard = _grow(hard, nh + 1)
+                hard[nh] = key
+                nh += 1
+    hard = np.sort(hard[:nh])
+    heap = np.empty(64, np.int64)
+    for h in range(nh):
+        key = hard[h]
+        cid = _row_id(key, not squares, c_porder, c_places2, size, st)
+        ct = cid // size
+        r = _around(cid - ct * size, ct, not squares, size, st, x_keys1 if squares else c_keys2,
+                    c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+        hsize = 0
+        for t in range(r):
+            _heap_push(heap, hsize, big - keys[t])
+            hsize += 1
+        while True:
+            piv, hsize = _pivot(heap, hsize)
+            if piv < 0:  # pragma: no cover - C's non-forest 2-cells never reduce to zero
+                break
+            rid = _row_id(big - piv, squares, x_porder, x_places1, size, st)
+            j = own[rid]
+            if j < 0:
+                own[rid] = cid
+                out[cid] = rid
+                break
+            jt = j // size
+            c = _around(j - jt * size, jt, not squares, size, st, x_keys1 if squares else c_keys2,
+                        c_keys2 if squares else x_keys1, x_paired, big, ids2, keys2)
+            heap = _grow(heap, hsize + c)
+            for t in range(c):
+                _heap_push(heap, hsize, big - keys2[t])
+                hsize += 1
+    return out
+
+
+def image_of(c: Complex, x: Complex) -> np.ndarray:
+    """:func:`image_pivots` of map ``x`` in the comparison image ``c`` (same shape and construction)."""
+    sq = c.construction == "V"
+    one = (lambda m: m.ekey) if sq else (lambda m: m.skey)
+    two = (lambda m: m.skey) if sq else (lambda m: m.ekey)
+    places1 = x.emap if sq else x.smap
+    places2 = c.smap if sq else c.emap
+    return image_pivots(two(c), one(c), c.paired, c.fl.porder, places2, one(x), x.paired, x.fl.porder, places1,
+                        c.fl.porder.size, c.sa, c.sb, sq)
+
+
+def loop_matching(p: Complex, t: Complex, c: Complex) -> tuple[np.ndarray, np.ndarray]:
+    """Betti matching of dim 1: rows of ``p.dims[1]`` and ``t.dims[1]`` matched to each other. A bar of
+    C (dying at 2-cell s) is induced from the bar of P born at the pivot of s's column in the image
+    reduction of P in C, and from T's likewise; when both are bars (non-zero persistence), they match."""
+    sq = c.construction == "V"
+    _, c_death = c.dims[1]
+    s = c.cell_ids(c_death, not sq)
+    found = []
+    for x in (p, t):
+        births, _ = x.dims[1]
+        bar_at = np.full(3 * x.fl.rank.size, -1, np.int64)
+        bar_at[x.cell_ids(births, sq)] = np.arange(len(births))
+        pivot = image_of(c, x)[s]
+        found.append(np.where(pivot >= 0, bar_at[np.maximum(pivot, 0)], -1))
+    both = (found[0] >= 0) & (found[1] >= 0)
+    return found[0][both], found[1][both]
