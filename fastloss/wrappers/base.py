@@ -395,25 +395,30 @@ class LossWrapper(nn.Module):
     @torch.compiler.disable
     def _remember_shape(self, input: Tensor, target: Tensor | None, out: object) -> None:
         if isinstance(out, Tensor) and input.device.type != "meta":
-            self._store_shape(_signature(self.innermost(), input, target), out.shape)
+            self._store_shape(_signature(self.innermost(), input, target), out.shape, out.dtype)
 
-    def _store_shape(self, key: tuple, shape: torch.Size) -> None:
+    def _store_shape(self, key: tuple, shape: torch.Size, dtype: torch.dtype | None = None) -> None:
+        """Remember ``shape`` (and the dtype a computed step returned; ``None`` when only derived)."""
         shapes = self._shapes()
-        shapes[key] = torch.Size(shape)
+        shapes[key] = (torch.Size(shape), dtype)
         shapes.move_to_end(key)
         while len(shapes) > self.max_shapes:
             shapes.popitem(last=False)
 
     @torch.compiler.disable
+    def _known(self, input: Tensor, target: Tensor | None) -> tuple[torch.Size, torch.dtype | None] | None:
+        shapes = self._shapes()
+        key = _signature(self.innermost(), input, target)
+        known = shapes.get(key)
+        if known is not None:
+            shapes.move_to_end(key)
+        return known
+
     def known_shape(self, input: Tensor, target: Tensor | None) -> torch.Size | None:
         """The output shape remembered for this input signature (input and target shape, dtype and device
         type, the loss's reduction), or ``None``."""
-        shapes = self._shapes()
-        key = _signature(self.innermost(), input, target)
-        shape = shapes.get(key)
-        if shape is not None:
-            shapes.move_to_end(key)
-        return shape
+        known = self._known(input, target)
+        return None if known is None else known[0]
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -449,8 +454,8 @@ class LossWrapper(nn.Module):
     def skipped(self, input: Tensor, target: Tensor | None) -> Tensor:
         """The value of a skipped step: a zero shaped like a computed one, attached to ``input``.
 
-        The shape comes, without calling the wrapped loss, from the steps this wrapper computed with the
-        same input signature (input and target shape, dtype, device type, the loss's ``reduction``; the
+        The shape and dtype come, without calling the wrapped loss, from the steps this wrapper computed with
+        the same input signature (input and target shape, dtype, device type, the loss's ``reduction``; the
         last :attr:`max_shapes` signatures are kept). For a signature not seen yet: the loss's own
         ``output_shape``, torch's element-wise rules, else one run on fake tensors (then remembered). A
         loss that cannot run on fake tensors (numpy, C++) and declares no ``output_shape`` is a
@@ -458,16 +463,20 @@ class LossWrapper(nn.Module):
         smaller last batch) is computed once for real under ``no_grad`` to learn its shape, with a
         one-time warning, instead of failing mid-training.
         """
-        shape = self.known_shape(input, target)
-        if shape is None:
+        known = self._known(input, target)
+        if known is None:
             try:
                 shape = self.output_shape(input, target)
             except ShapeUnknown:
                 if not self._shapes():
                     raise
                 shape = self._shape_by_computing(input, target)
+            known = (shape, None)
             self._store_shape(_signature(self.innermost(), input, target), shape)
-        return zero_loss(input, shape)
+        shape, dtype = known
+        zero = zero_loss(input, shape)
+        # the dtype a computed step returned (a feature loss gives float32 for a float64 input)
+        return zero if dtype is None or zero.dtype == dtype else zero.to(dtype)
 
     def _shape_by_computing(self, input: Tensor, target: Tensor | None) -> torch.Size:
         if not self.__dict__.get("_warned_real_shape"):
