@@ -235,6 +235,14 @@ def check_range(name: str, x: Tensor, low: float, high: float, what: str = "valu
         raise ValueError(f"`{name}` {what} must lie in [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")
 
 
+def far_outside(x: Tensor, low: float, high: float, margin: float = 0.5) -> tuple[float, float] | None:
+    """``(min, max)`` of ``x`` when it reaches further than ``margin`` times ``high - low`` outside
+    ``[low, high]`` (e.g. 0..255 pixels given as 0..1), else ``None``."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    slack = margin * (high - low)
+    return (lo, hi) if lo < low - slack or hi > high + slack else None
+
+
 def check_binary(name: str, x: Tensor) -> None:
     if not bool(((x == 0) | (x == 1)).all()):
         sample = torch.unique(x.detach().flatten())[:5].tolist()
@@ -251,18 +259,32 @@ def check_input_range(input_range: object) -> tuple[float, float]:
     return low, high
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def check_images(
     input: object, target: object, min_size: int = 1, dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:
     """Checks shared by the image losses: (B, C, H, W) float images with C in {1, 3}, at least
-    ``min_size`` pixels on each side, same dtype, finite. Returns them cast to ``dtype`` (the
-    backbone's), so e.g. float16 images run through a float32 network."""
+    ``min_size`` pixels on each side, finite. Returns them cast to ``dtype`` (the loss's), so e.g.
+    float16 images run through a float32 network.
+
+    Their dtypes must agree, except that either may be float16/bfloat16 (what a network under
+    ``torch.autocast`` returns, next to a float32 target): both are then cast to ``dtype`` (or to
+    float32 without one). float64 next to float32 is refused: a float64 pipeline is deliberate.
+    """
     input = check_tensor("input", input)
     target = check_tensor("target", target)
     check_ndim("input", input, (4,), "B, C, H, W")
     check_pair(input, target)
     if input.dtype != target.dtype:
-        raise ValueError(f"`input` and `target` must have the same dtype, got {input.dtype} and {target.dtype}")
+        if input.dtype not in LOW_PRECISION and target.dtype not in LOW_PRECISION:
+            raise ValueError(
+                f"`input` and `target` must have the same dtype, got {input.dtype} and {target.dtype} "
+                "(a float16/bfloat16 one next to float32, as under torch.autocast, is accepted)"
+            )
+        if dtype is None:
+            dtype = torch.promote_types(upcast(input).dtype, upcast(target).dtype)
     if min(input.shape[-2:]) < min_size:
         raise ValueError(
             f"`input` spatial size {tuple(input.shape[-2:])} is too small for this backbone: "
@@ -272,7 +294,7 @@ def check_images(
         raise ValueError(f"`input` must have 1 or 3 channels, got {input.shape[1]} (shape {tuple(input.shape)})")
     check_finite("input", input)
     check_finite("target", target)
-    if dtype is not None and input.dtype != dtype:
+    if dtype is not None:
         input, target = input.to(dtype), target.to(dtype)
     return input, target
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import urllib.error
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,7 +68,23 @@ def load_state_dict(arch: str, weights: WeightsArg) -> Mapping[str, Tensor] | No
         if not isinstance(state, Mapping):
             raise ValueError(f"`weights` file {str(resolved)!r} does not hold a state dict")
         return state
-    return resolved.get_state_dict(progress=True)
+    try:
+        return resolved.get_state_dict(progress=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # offline, or the server unreachable
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(resolved.url).name
+        raise WeightsUnavailable(
+            f"`weights`={_name(weights)} for {arch!r}: torchvision could not download {resolved.url} "
+            f"({type(exc).__name__}: {exc}). Offline, pass weights=None (random init: tests, benchmarks) or "
+            f"the path of a local .pth state dict (torchvision caches this one as {str(cache)!r})"
+        ) from exc
+
+
+class WeightsUnavailable(ConnectionError):
+    """Pretrained weights were asked for but could not be downloaded (offline): the message says what to pass instead."""
+
+
+def _name(weights: WeightsArg) -> str:
+    return repr(weights) if isinstance(weights, str) else str(weights)
 
 
 def torchvision_model(arch: str, weights: WeightsArg) -> nn.Module:

@@ -36,6 +36,7 @@ from .._validation import (
     check_input_range,
     check_int,
     check_reduction,
+    far_outside,
     reduce_loss,
     upcast,
 )
@@ -43,7 +44,25 @@ from .._warnings import warn
 
 __all__ = ["FeatureLoss", "to_unit_range"]
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+def _drop_rebuilt(module: FeatureLoss, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """``state_dict`` hook: leave out the frozen networks the constructor rebuilds from ``weights``."""
+    heads = tuple(f"{prefix}{name}." for name in module.rebuilt_modules)
+    for key in [k for k in state_dict if k.startswith(heads)]:
+        del state_dict[key]
+
+
+def _keep_rebuilt(module: FeatureLoss, state_dict: dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: the networks rebuilt from ``weights`` keep their values (a checkpoint
+    that still holds them, fastloss <= 0.2, loads with that copy ignored); a frozen network missing from
+    the checkpoint keeps its own (a checkpoint of a loss whose weights were rebuilt, loaded into a random one)."""
+    heads = tuple(f"{prefix}{name}." for name in module.rebuilt_modules)
+    for key in [k for k in state_dict if k.startswith(heads)]:
+        del state_dict[key]
+    for name in module.frozen_modules:
+        for key, value in getattr(module, name).state_dict(keep_vars=True).items():
+            state_dict.setdefault(f"{prefix}{name}.{key}", value)
+
 
 
 def _first(value: int | tuple[int, ...]) -> int:
@@ -71,6 +90,11 @@ class FeatureLoss(nn.Module):
 
     preset_kind = "perceptual"
     layer_weights: tuple[float, ...]
+    #: submodules holding frozen networks
+    frozen_modules: tuple[str, ...] = ()
+    #: those of them the constructor rebuilds from ``weights`` (torchvision's or a file; not a random init):
+    #: they are left out of ``state_dict``
+    rebuilt_modules: tuple[str, ...] = ()
 
     def __init__(self, input_range: tuple[float, float], reduction: str) -> None:
         super().__init__()
@@ -79,7 +103,11 @@ class FeatureLoss(nn.Module):
         self.reduction = reduction
         self.channels_last = False
         self.explicit: dict[str, object] = {}  # settings the user gave: presets never override them
+        # the fast-path settings as set (by the user or a preset); None: never set, the default applies
+        self.settings: dict[str, object] = {"channels_last": None, "compute_dtype": None}
         self.min_size = 1
+        self.register_state_dict_post_hook(_drop_rebuilt)
+        self.register_load_state_dict_pre_hook(_keep_rebuilt)
 
     def _configure(self, channels_last: bool | None, compute_dtype: torch.dtype | None) -> None:
         """Apply the fast-path settings given to the constructor (call once the backbone exists)."""
@@ -118,6 +146,7 @@ class FeatureLoss(nn.Module):
                 if param.dim() == 4:
                     param.data = param.data.contiguous(memory_format=fmt)
         self.channels_last = enabled
+        self._settings()["channels_last"] = enabled
         return self
 
     def use_dtype(self, dtype: torch.dtype) -> FeatureLoss:
@@ -127,6 +156,7 @@ class FeatureLoss(nn.Module):
         """
         check_float_dtype("compute_dtype", dtype)
         self.backbone().to(dtype)
+        self._settings()["compute_dtype"] = dtype
         if self.channels_last:
             self.use_channels_last(True)
         return self
@@ -180,6 +210,19 @@ class FeatureLoss(nn.Module):
         """The dtype the backbone computes in (its weights' dtype)."""
         return next(self.backbone().parameters()).dtype
 
+    def _settings(self) -> dict[str, object]:
+        return self.__dict__.setdefault("settings", {"channels_last": None, "compute_dtype": None})  # older pickles
+
+    def settings_repr(self) -> str:
+        """``channels_last=None, compute_dtype=None`` for defaults (a preset may choose them), else the values
+        set, marked ``(explicit)`` when the user gave them (presets never override those)."""
+        parts = []
+        for name in ("channels_last", "compute_dtype"):
+            value = self._settings().get(name)
+            mark = " (explicit)" if name in self.explicit else ""
+            parts.append(f"{name}={value}{mark}")
+        return ", ".join(parts)
+
     def declared_compute_dtype(self) -> torch.dtype | None:
         """The low precision this loss is set to compute in, known before running (``None``: float32/64);
         a benchmark drops it where the device only emulates that dtype."""
@@ -192,8 +235,28 @@ class FeatureLoss(nn.Module):
         return buffers[0].dtype if buffers else torch.float32
 
     def check(self, input: object, target: object) -> tuple[Tensor, Tensor]:
-        """Validate a call; returns the images in the loss's float dtype (float32, or float64 after ``.double()``)."""
-        return check_images(input, target, self.min_size, self._buffer_dtype())
+        """Validate a call; returns the images in the loss's float dtype (float32, or float64 after ``.double()``).
+
+        Images reaching far outside ``input_range`` give a one-time warning per loss: the target more
+        than half the range's width beyond it (0..255 or -1..1 pixels with ``input_range=(0, 1)``),
+        the input more than twice the width (an unconstrained network's output may overshoot for a
+        while: an error would stop a correct run, and a warning for that would be noise). Data in the
+        wrong range would otherwise give a wrong loss without a word.
+        """
+        input, target = check_images(input, target, self.min_size, self._buffer_dtype())
+        if not self.__dict__.get("_range_warned"):
+            low, high = self.input_range
+            for name, x, margin in (("target", target, 0.5), ("input", input, 2.0)):
+                seen = far_outside(x, low, high, margin)
+                if seen is not None:
+                    self.__dict__["_range_warned"] = True
+                    warn(
+                        f"{type(self).__name__}: `{name}` values lie in [{seen[0]:.4g}, {seen[1]:.4g}], far outside "
+                        f"input_range={self.input_range}; the loss reads them as if they were in that range. Pass "
+                        "the images' range, e.g. input_range=(0, 255) for 8-bit pixels (warned once)"
+                    )
+                    break
+        return input, target
 
     def prepare(self, x: Tensor) -> Tensor:
         """Images from ``input_range`` to what the backbone takes (subclasses add their normalisation)."""

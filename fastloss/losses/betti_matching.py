@@ -71,7 +71,7 @@ from .._validation import (
     upcast,
 )
 from ..ph import matching as bm
-from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, to_numpy
+from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
 
 __all__ = [
     "BettiMatchingConfig",
@@ -254,10 +254,8 @@ def matching_loss(f: Tensor, g: Tensor, selections: Sequence[MatchSelection], cf
         unmatched = torch.where(long_enough, unmatched, torch.zeros_like(unmatched)) * weights("unmatched_dim")
         mb, md = torch.take(gg, index("missed_birth")), torch.take(gg, index("missed_death"))
         missed = (2 * ((mb - 1).square() + md.square()) if push else (mb - md).square()) * weights("missed_dim")
-        out = f.new_zeros(n)
-        out = out.index_add(0, owner("pred_birth"), matched)
-        out = out.index_add(0, owner("unmatched_birth"), unmatched)
-        return out.index_add(0, owner("missed_birth"), missed)
+        return sum_per_map(f, n, ((owner("pred_birth"), matched), (owner("unmatched_birth"), unmatched),
+                                  (owner("missed_birth"), missed)))
 
 
 def _betti_matching_loss(cfg: BettiMatchingConfig, input: object, target: object,

@@ -129,11 +129,14 @@ class LPIPSLoss(FeatureLoss):
         self.register_buffer("shift", model.scaling_layer.shift.detach().clone())
         self.register_buffer("scale", model.scaling_layer.scale.detach().clone())
         self.trunk = model.net
-        self.lins = model.lins
+        self.lins = model.lins  # always lpips' calibration: rebuilt; a random trunk is state: saved
+        self.rebuilt_modules = ("lins",) if weights is None else ("trunk", "lins")
         self.layer_weights = (1.0,) * len(self.lins)
         freeze(self)
         self.min_size = smallest_input(self.trunk)
         self._configure(channels_last, compute_dtype)
+
+    frozen_modules = ("trunk", "lins")
 
     @property
     def net_name(self) -> str:  # fastloss 0.1 name
@@ -163,5 +166,5 @@ class LPIPSLoss(FeatureLoss):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone_name!r}, input_range={self.input_range}, reduction={self.reduction!r}, "
-            f"channels_last={self.channels_last}, compute_dtype={self.compute_dtype}"
+            f"{self.settings_repr()}"
         )

@@ -117,8 +117,11 @@ class PerceptualLoss(FeatureLoss):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         model = torchvision_model(backbone, weights)
         self.features = FeatureExtractor(named_stages(backbone, model), layers)
+        self.rebuilt_modules = () if weights is None else ("features",)  # a random init is state: saved
         self.min_size = smallest_input(self.features)
         self._configure(channels_last, compute_dtype)
+
+    frozen_modules = ("features",)
 
     def backbone(self) -> nn.Module:
         return self.features
@@ -135,6 +138,5 @@ class PerceptualLoss(FeatureLoss):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone_name!r}, layers={self.layers}, distance={self.distance!r}, "
-            f"input_range={self.input_range}, reduction={self.reduction!r}, channels_last={self.channels_last}, "
-            f"compute_dtype={self.compute_dtype}"
+            f"input_range={self.input_range}, reduction={self.reduction!r}, {self.settings_repr()}"
         )

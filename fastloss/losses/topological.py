@@ -55,7 +55,7 @@ from .._validation import (
     upcast,
 )
 from ..ph.diagram import cripser_diagram
-from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, to_numpy
+from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
 
 __all__ = [
     "BarSelection",
@@ -183,9 +183,8 @@ def _selection_loss(f: Tensor, selections: Sequence[BarSelection]) -> Tensor:
     kd, _ = gather("keep_death")
     db, drop_owner = gather("drop_birth")
     dd, _ = gather("drop_death")
-    out = f.new_zeros(n)
-    out = out.index_add(0, keep_owner, kb.square() + (1 - kd).square())
-    return out.index_add(0, drop_owner, (dd - db).square())
+    return sum_per_map(f, n, ((keep_owner, kb.square() + (1 - kd).square()), (drop_owner, (dd - db).square())))
+
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,15 @@ A *stack* is an outermost wrapper and every wrapper inside it. It has exactly on
 wrapper's ``step`` buffer (int64, saved in ``state_dict``, kept on the CPU whatever device the stack
 moves to, so reading it never synchronises a GPU). Inner wrappers read that same buffer
 (``inner.step is stack.step``), and writing it (``stack.step.fill_(n)`` or ``stack.set_step(n)``) takes
-effect at the next call. No thread-local or module-global state is involved, so stacks work under
-``torch.compile`` (the clock is read in small eager functions: graph breaks, never wrong values).
+effect at the next call. The buffer is the clock's only state (a lock and per-thread bookkeeping make
+it exact when several threads train through one stack; neither is saved or copied), and stacks work
+under ``torch.compile`` (the clock is read in small eager functions: graph breaks, never wrong values).
 
 The clock counts *training steps*. How it advances is the stack's ``clock`` mode:
 
 - ``"backward"`` (the default): once per backward pass that reaches the stack's output. Several calls
-  before one backward (deep supervision, several heads) share one step.
+  before one backward (deep supervision, several heads) share one step; with several threads, each
+  thread's calls before its backward share one step (two threads: two steps).
 - ``"optimizer"`` (set by :meth:`LossWrapper.attach`): once per ``optimizer.step()``. Right for
   gradient accumulation (several backward passes per step).
 - ``"calls"``: once per training call (for loops with exactly one call per step).
@@ -26,17 +28,22 @@ Each wrapper sees the clock through the wrappers around it: ``ScheduledWeight`` 
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections.abc import Iterator
+from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_tensor, upcast
+from .._warnings import warn
 
-__all__ = ["CLOCKS", "LossWrapper", "describe_stack", "loss_output_shape", "summary", "zero_loss"]
+__all__ = ["CLOCKS", "LossWrapper", "ShapeUnknown", "describe_stack", "loss_output_shape", "summary", "zero_loss"]
 
 CLOCKS = ("backward", "optimizer", "calls", "manual")
+# makes the clock's read-compare-advance atomic across threads (one lock for all stacks: it is held for
+# a few integer operations)
+_CLOCK_LOCK = threading.Lock()
 
 # torch losses whose reduction="none" output has the broadcast shape of input and target
 _ELEMENTWISE = (
@@ -65,8 +72,10 @@ def loss_output_shape(loss: nn.Module, input: Tensor, target: Tensor | None) -> 
 
     Rules, in order: the loss's own ``output_shape(input, target)`` (every fastloss loss and wrapper
     has one; it only reads shapes); torch's element-wise losses (``()`` when reduced, else the broadcast
-    shape); any other module is run once on fake tensors (no computation, no data) — define
-    ``output_shape`` on such a loss to avoid that call.
+    shape); any other module is run on fake tensors (no computation, no data) — define
+    ``output_shape`` on such a loss to avoid that call. (A wrapper remembers the shapes its computed
+    steps returned, so its skipped steps reach this function at most once per input signature: see
+    :meth:`LossWrapper.skipped`.)
     """
     own = getattr(loss, "output_shape", None)
     if callable(own):
@@ -87,10 +96,29 @@ def loss_output_shape(loss: nn.Module, input: Tensor, target: Tensor | None) -> 
                     target if target.device.type != "meta" else torch.empty_like(target, device="cpu"))
             return torch.Size(loss(fake_input, fake_target).shape)
     except Exception as exc:  # a loss that leaves torch (numpy, C++) cannot run on fake tensors
-        raise TypeError(
+        raise ShapeUnknown(
             f"cannot derive the output shape of {type(loss).__name__} for a skipped step: give it a method "
             f"`output_shape(input, target)` returning the shape its forward returns ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+class ShapeUnknown(TypeError):
+    """The output shape of a loss cannot be derived without computing it (it leaves torch)."""
+
+
+def _reduction(loss: nn.Module) -> object:
+    """The loss's ``reduction`` (or its config's), part of a skipped step's shape signature."""
+    reduction = getattr(loss, "reduction", None)
+    if reduction is None:
+        reduction = getattr(getattr(loss, "config", None), "reduction", None)
+    return reduction if isinstance(reduction, str) else None
+
+
+def _signature(loss: nn.Module, input: Tensor, target: Tensor | None) -> tuple:
+    def of(x: Tensor | None) -> tuple | None:
+        return None if x is None else (tuple(x.shape), x.dtype, x.device.type)
+
+    return of(input), of(target) if isinstance(target, Tensor) else target, _reduction(loss)
 
 
 def summary(module: nn.Module) -> str:
@@ -123,9 +151,14 @@ class LossWrapper(nn.Module):
     """Base class of the wrappers: holds ``loss``, the stack's clock, and the stepping rules.
 
     Subclasses implement :meth:`compute`, and :meth:`gain` / :meth:`inner_phase` where they change the
-    value or the phase of the wrappers inside them.
+    value or the phase of the wrappers inside them. One that can skip the loss (return :meth:`skipped`)
+    sets ``can_skip = True``: its calls then remember their output shape per input signature.
     """
 
+    #: whether :meth:`compute` may return :meth:`skipped` instead of calling the loss
+    can_skip = False
+    #: input signatures whose output shape a skipping wrapper remembers (least recently used dropped beyond it)
+    max_shapes = 64
     #: whether this wrapper computes exactly what its ``loss`` computes (no change of value, gradient or
     #: work): a preset's or autotune's outer layer; benchmarks see through it
     transparent: bool = False
@@ -186,9 +219,9 @@ class LossWrapper(nn.Module):
         """The outermost wrapper of this wrapper's stack (itself when it is not wrapped)."""
         return self._root
 
-    def wrappers(self) -> Iterator[LossWrapper]:
-        """Every wrapper in this stack below and including this one (also inside composite losses)."""
-        return (m for m in self.modules() if isinstance(m, LossWrapper))
+    def wrappers(self) -> list[LossWrapper]:
+        """Every wrapper in this stack below and including this one (also inside composite losses), outermost first."""
+        return [m for m in self.modules() if isinstance(m, LossWrapper)]
 
     def innermost(self) -> nn.Module:
         """The loss at the bottom of the stack (following ``.loss``)."""
@@ -250,8 +283,9 @@ class LossWrapper(nn.Module):
 
     @torch.compiler.disable
     def advance(self, steps: int = 1) -> None:
-        """Advance the stack's clock by ``steps``."""
-        self._root.step.add_(steps)
+        """Advance the stack's clock by ``steps`` (atomic: safe from several threads)."""
+        with _CLOCK_LOCK:
+            self._root.step.add_(steps)
 
     def set_step(self, step: int) -> None:
         """Set the stack's step (resume, or drive schedules by the training loop's own step)."""
@@ -289,18 +323,44 @@ class LossWrapper(nn.Module):
         if mode == "calls" or (mode == "backward" and not (isinstance(out, Tensor) and out.requires_grad)):
             self.advance()
         elif mode == "backward":
-            produced_at = int(self.step)
+            with _CLOCK_LOCK:
+                group = self._open_group()
             ref = weakref.ref(self)
 
             @torch.compiler.disable
             def on_backward(grad: Tensor) -> None:
                 stack = ref()
-                # every output of one step carries this hook; the first backward through any of them advances
-                if stack is not None and int(stack.step) == produced_at:
-                    stack.step.add_(1)
+                if stack is not None:
+                    with _CLOCK_LOCK:
+                        stack._close_group(group)
 
             out.register_hook(on_backward)
         return out
+
+    # One step's outputs form a *group*: the outputs one thread produced since its last backward pass
+    # through the stack. The first backward through any output of a group advances the clock once, unless
+    # the step was written meanwhile (set_step, advance, fill_) other than by other threads' groups. So
+    # several heads before one backward share a step, and two threads training through one stack each
+    # count their own steps (4000 backward passes from two threads: 4000 steps). Called under _CLOCK_LOCK.
+    def _open_group(self) -> list:
+        local = self.__dict__.get("_thread_groups")
+        if local is None:  # a plain attribute: never in state_dict; copies and unpickled stacks make their own
+            local = self.__dict__["_thread_groups"] = threading.local()
+        group = getattr(local, "group", None)
+        advances = self.__dict__.get("_group_advances", 0)
+        if group is None or group[2] or int(self.step) != group[0] + advances - group[1]:
+            # [step when opened, backward advances of the stack then, closed]
+            group = local.group = [int(self.step), advances, False]
+        return group
+
+    def _close_group(self, group: list) -> None:
+        if group[2]:
+            return
+        group[2] = True
+        advances = self.__dict__.get("_group_advances", 0)
+        if int(self.step) == group[0] + advances - group[1]:  # moved only by other groups since it opened
+            self.step.add_(1)
+            self.__dict__["_group_advances"] = advances + 1
 
     # --- state --------------------------------------------------------------------------------
     def _apply(self, fn, recurse: bool = True):
@@ -315,20 +375,59 @@ class LossWrapper(nn.Module):
             state_dict.pop(prefix + "step", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        if state.get("_optimizer_hooks"):  # a copy is not attached to the original's optimizer
-            state["_optimizer_hooks"] = []
-            state["_clock"] = "backward"
-        return state
-
     # --- calling ------------------------------------------------------------------------------
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         check_tensor("input", input)
         out = self.compute(input, target)
+        if self.can_skip:
+            self._remember_shape(input, target, out)
         if self._root is self:
             out = self._tick(out)
         return out
+
+    # --- skipped steps: the output shape, remembered per input signature ------------------------
+    def _shapes(self) -> OrderedDict:
+        shapes = self.__dict__.get("_output_shapes")
+        if shapes is None:  # a plain attribute: not in state_dict; copies and unpickled stacks start empty
+            shapes = self.__dict__["_output_shapes"] = OrderedDict()
+        return shapes
+
+    @torch.compiler.disable
+    def _remember_shape(self, input: Tensor, target: Tensor | None, out: object) -> None:
+        if isinstance(out, Tensor) and input.device.type != "meta":
+            self._store_shape(_signature(self.innermost(), input, target), out.shape, out.dtype)
+
+    def _store_shape(self, key: tuple, shape: torch.Size, dtype: torch.dtype | None = None) -> None:
+        """Remember ``shape`` (and the dtype a computed step returned; ``None`` when only derived)."""
+        shapes = self._shapes()
+        shapes[key] = (torch.Size(shape), dtype)
+        shapes.move_to_end(key)
+        while len(shapes) > self.max_shapes:
+            shapes.popitem(last=False)
+
+    @torch.compiler.disable
+    def _known(self, input: Tensor, target: Tensor | None) -> tuple[torch.Size, torch.dtype | None] | None:
+        shapes = self._shapes()
+        key = _signature(self.innermost(), input, target)
+        known = shapes.get(key)
+        if known is not None:
+            shapes.move_to_end(key)
+        return known
+
+    def known_shape(self, input: Tensor, target: Tensor | None) -> torch.Size | None:
+        """The output shape remembered for this input signature (input and target shape, dtype and device
+        type, the loss's reduction), or ``None``."""
+        known = self._known(input, target)
+        return None if known is None else known[0]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for transient in ("_output_shapes", "_thread_groups", "_group_advances"):
+            state.pop(transient, None)
+        if state.get("_optimizer_hooks"):  # a copy is not attached to the original's optimizer
+            state["_optimizer_hooks"] = []
+            state["_clock"] = "backward"
+        return state
 
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -347,12 +446,48 @@ class LossWrapper(nn.Module):
         wrapper of a stack before timing, so no timed step pays for it). Default: nothing to build."""
 
     def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
-        """The shape :meth:`forward` returns for these inputs (the wrapped loss's, by default)."""
-        return loss_output_shape(self.loss, input, target)
+        """The shape :meth:`forward` returns for these inputs: the one remembered for their signature, else
+        the wrapped loss's (:func:`loss_output_shape`)."""
+        known = self.known_shape(input, target)
+        return known if known is not None else loss_output_shape(self.loss, input, target)
 
     def skipped(self, input: Tensor, target: Tensor | None) -> Tensor:
-        """The value of a skipped step: a zero shaped like a computed one, attached to ``input``."""
-        return zero_loss(input, self.output_shape(input, target))
+        """The value of a skipped step: a zero shaped like a computed one, attached to ``input``.
+
+        The shape and dtype come, without calling the wrapped loss, from the steps this wrapper computed with
+        the same input signature (input and target shape, dtype, device type, the loss's ``reduction``; the
+        last :attr:`max_shapes` signatures are kept). For a signature not seen yet: the loss's own
+        ``output_shape``, torch's element-wise rules, else one run on fake tensors (then remembered). A
+        loss that cannot run on fake tensors (numpy, C++) and declares no ``output_shape`` is a
+        ``TypeError`` if this is the wrapper's first call; after computed steps, a new signature (a
+        smaller last batch) is computed once for real under ``no_grad`` to learn its shape, with a
+        one-time warning, instead of failing mid-training.
+        """
+        known = self._known(input, target)
+        if known is None:
+            try:
+                shape = self.output_shape(input, target)
+            except ShapeUnknown:
+                if not self._shapes():
+                    raise
+                shape = self._shape_by_computing(input, target)
+            known = (shape, None)
+            self._store_shape(_signature(self.innermost(), input, target), shape)
+        shape, dtype = known
+        zero = zero_loss(input, shape)
+        # the dtype a computed step returned (a feature loss gives float32 for a float64 input)
+        return zero if dtype is None or zero.dtype == dtype else zero.to(dtype)
+
+    def _shape_by_computing(self, input: Tensor, target: Tensor | None) -> torch.Size:
+        if not self.__dict__.get("_warned_real_shape"):
+            self.__dict__["_warned_real_shape"] = True
+            warn(
+                f"{type(self).__name__}: {type(self.loss).__name__} cannot run on fake tensors, so a skipped step "
+                f"with a new input shape {tuple(input.shape)} computed it once (no_grad) to learn its output "
+                "shape; give the loss a method `output_shape(input, target)` to skip that call"
+            )
+        with torch.no_grad():
+            return torch.Size(self.loss(input, target).shape)
 
     def gain(self) -> float:
         """The factor this wrapper applies at the current training step (0: the loss is skipped)."""

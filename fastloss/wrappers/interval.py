@@ -16,8 +16,9 @@ class IntervalLoss(LossWrapper):
     On the computed steps the result is multiplied by ``every`` when ``compensate`` (StyleGAN2's lazy
     regularisation): over each window of ``every`` steps the mean value, and the expected gradient, equal
     the exact loss's (gain 1). Without ``compensate`` the mean gain is ``1 / every``. A skipped step returns
-    a zero shaped like a computed step's output (derived from the input, for every reduction and batch
-    size), attached to the input's graph so it is safe to add and to backpropagate. In eval mode or
+    a zero shaped like a computed step's output (for every reduction and batch size; the shape is
+    remembered from the computed steps, so the loss is not called: see :meth:`LossWrapper.skipped`),
+    attached to the input's graph so it is safe to add and to backpropagate. In eval mode or
     under ``torch.no_grad()`` the loss is computed on every call with gain 1, so validation is exact.
 
     Which steps compute: those where the wrapper's *phase* satisfies ``(phase - offset) % every == 0``.
@@ -42,6 +43,8 @@ class IntervalLoss(LossWrapper):
         >>> values
         [2.0, 0.0, 2.0, 0.0]
     """
+
+    can_skip = True
 
     def __init__(self, loss: nn.Module, every: int = 4, compensate: bool = True, offset: int = 0) -> None:
         check_positive_int("every", every)

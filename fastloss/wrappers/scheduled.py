@@ -34,6 +34,8 @@ class ScheduledWeight(LossWrapper):
         [0.0, 0.0, 1.0]
     """
 
+    can_skip = True
+
     def __init__(self, loss: nn.Module, schedule: Callable[[int], float]) -> None:
         if not callable(schedule):
             raise TypeError(f"`schedule` must be callable (step -> weight), got {type(schedule).__name__}")

@@ -137,3 +137,32 @@ def test_compare_on_cuda_uses_allocator_stats():
     assert report.reference.memory_bytes > 0 and report.candidates["balanced"].memory_bytes > 0
     assert all(t > 0 for t in report.reference.step_times)
     assert report.candidates["balanced"].deviation["grad_cosine"]["median"] > 0.85
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make", [
+    lambda: fastloss.PerceptualLoss("vgg16", layers=["relu1_2", "relu2_2"], weights=None),
+    lambda: fastloss.LPIPSLoss(weights=None),
+    lambda: fastloss.preset("balanced", fastloss.PerceptualLoss("vgg16", layers=["relu2_2"], weights=None)),
+    lambda: fastloss.CachedTarget(fastloss.PerceptualLoss("vgg16", layers=["relu2_2"], weights=None)),
+], ids=["vgg16", "lpips", "balanced", "cached-target"])
+def test_feature_losses_under_cuda_autocast(make, dtype):
+    """Issue 16 item 2: a float16/bfloat16 network output next to a float32 target, under CUDA autocast."""
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    torch.manual_seed(0)
+    loss, model = make().to(CUDA), torch.nn.Conv2d(3, 3, 3, padding=1).to(CUDA)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 64, 64, generator=g).to(CUDA), torch.rand(2, 3, 64, 64, generator=g).to(CUDA)
+    values = []
+    for _ in range(2):
+        with torch.autocast("cuda", dtype=dtype):
+            out = model(x)
+            assert out.dtype == dtype and y.dtype == torch.float32
+            value = loss(out, y)
+        value.backward()
+        values.append(value.detach())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values)
+    assert torch.isfinite(model.weight.grad).all()
+    if isinstance(loss, fastloss.CachedTarget):  # the float32 target is found again: no false miss
+        assert (loss.cache_info()["misses"], loss.cache_info()["hits"]) == (2, 2)

@@ -72,7 +72,8 @@ class TestAutotune:
         x, y = data()
         started = time.perf_counter()
         result = fastloss.autotune(Sleepy(0.02), x, y, time_budget=1.0, steps=4, rounds=3,
-                                   candidates={f"c{i}": Sleepy(0.02) for i in range(6)})
+                                   # six candidates that differ from the reference (identical ones are not timed)
+                                   candidates={f"c{i}": Sleepy(0.02, scale=1 + 1e-3 * (i + 1)) for i in range(6)})
         elapsed = time.perf_counter() - started
         assert elapsed < 1.0 + 1.0  # the budget plus at most one trajectory of overrun (sleeps: load-proof)
         assert any(c.status.startswith("not measured") for c in result.candidates)

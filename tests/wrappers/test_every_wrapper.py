@@ -88,9 +88,8 @@ def test_every_public_wrapper_has_a_case():
     assert wrappers <= covered, sorted(c.__name__ for c in wrappers - covered)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: a skipped step's zero takes the input's dtype (float64) while "
-                                       "the feature losses' computed steps return float32")
 def test_a_skipped_step_has_the_dtype_of_a_computed_one():
+    """A float64 input to a feature loss computes in float32: its skipped steps' zeros are float32 too."""
     loss = IntervalLoss(vgg("mean"), every=2)
     x, y = image_inputs(torch.float64, 0)
     computed = loss(x.requires_grad_(), y)
