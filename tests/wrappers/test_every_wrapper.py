@@ -1,7 +1,6 @@
 """Every wrapper (and the presets, which build wrapper stacks) through the shared tester (tests/tester.py):
 output_shape on computed and skipped steps, state_dict round trip, dtypes, devices, torch.compile."""
 
-import pytest
 import torch
 from tester import Case, LossTester, image_inputs, topology_inputs
 
