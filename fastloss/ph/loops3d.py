@@ -453,6 +453,83 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit
+def _new_cache(size: int, n: int):
+    """The bounded cache of reduced columns of :func:`_reduce_column`: ``(cache_at, pool, start, counts)``,
+    per row owned by a cached column its slot (-1: none), the slots' entries back to back (at most
+    ``CACHE_PER_VOXEL`` a voxel; slot ``s`` is ``pool[start[s]:start[s + 1]]``), and ``counts`` = (slots,
+    entries added to columns from their pivots' owners)."""
+    cap = CACHE_PER_VOXEL * n
+    cache_at = np.full(3 * size, -1, np.int32)
+    pool = np.empty(cap, np.int64)  # pages are only touched as slots fill
+    start = np.empty(cap + 1, np.int64)
+    start[0] = 0
+    counts = np.zeros(2, np.int64)
+    return cache_at, pool, start, counts
+
+
+@njit(inline=True)
+def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size: int, st: np.ndarray,
+                   ekey: np.ndarray, skey: np.ndarray, paired: np.ndarray, rporder: np.ndarray, rmap: np.ndarray,
+                   own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, cache_at: np.ndarray,
+                   pool: np.ndarray, start: np.ndarray, counts: np.ndarray):
+    """Reduce column ``cid`` (its neighbours by :func:`_around` over ``ekey, skey, paired``; rows found by
+    :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner, add the
+    owner's reduced column where the cache (:func:`_new_cache`) holds it, else the owner's own
+    neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
+    Makes ``cid`` its pivot's owner and, when it needed additions and the cache has room, keeps its
+    reduced column (cancelled, sorted). Returns ``(row key, row id, heap)``; ``(-1, -1, heap)`` when the
+    column reduces to zero."""
+    off, sgn = (big, -1) if flip else (0, 1)  # heap entries off + sgn * key
+    q_t = cid // size
+    r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+    hsize = 0
+    for t in range(r):
+        _heap_push(heap, hsize, off + sgn * keys[t])
+        hsize += 1
+    added = 0
+    while True:
+        piv, hsize = _pivot(heap, hsize)
+        if piv < 0:
+            return -1, -1, heap
+        row_key = off + sgn * piv
+        rid = _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
+        j = own[rid]
+        if j < 0:
+            own[rid] = cid
+            slots = counts[0]
+            used = start[slots]
+            if added > 0 and used + hsize <= pool.size:  # keep the reduced column (cancelled, sorted)
+                while True:
+                    x, hsize = _pivot(heap, hsize)
+                    if x < 0:
+                        break
+                    hsize = _heap_pop(heap, hsize)
+                    pool[used] = x
+                    used += 1
+                start[slots + 1] = used
+                cache_at[rid] = slots
+                counts[0] = slots + 1
+            return row_key, rid, heap
+        added += 1
+        s = cache_at[rid]
+        if s >= 0:
+            a, b = start[s], start[s + 1]
+            heap = _grow(heap, hsize + b - a)
+            for t in range(a, b):
+                _heap_push(heap, hsize, pool[t])
+                hsize += 1
+            counts[1] += b - a
+        else:
+            jt = j // size
+            c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            heap = _grow(heap, hsize + c)
+            for t in range(c):
+                _heap_push(heap, hsize, off + sgn * keys[t])
+                hsize += 1
+            counts[1] += c
+
+
+@njit
 def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
           emap: np.ndarray, smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
     """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
@@ -605,84 +682,32 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 nh += 1
     # the rest: reduction in decreasing column order
     hard = np.sort(hard[:nh])
-    cache_at = np.full(3 * size, -1, np.int32)  # per row owned by a cached column: its slot
-    slot_start = np.empty(64, np.int64)
-    slot_len = np.empty(64, np.int64)
-    pool = np.empty(1024, np.int64)
-    used = 0
-    slots = 0
-    cap = CACHE_PER_VOXEL * n
+    cache_at, pool, start, counts = _new_cache(size, n)
     heap = np.empty(64, np.int64)
     unreduced = 0
-    pushes = 0
-    rows_are_edges = not columns_are_edges
     for h in range(nh - 1, -1, -1):
         key = hard[h]
         cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
-        ct = cid // size
-        r = _around(cid - ct * size, ct, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
-        hsize = 0
-        for t in range(r):
-            _heap_push(heap, hsize, keys[t])
-            hsize += 1
-        added = 0
-        while True:
-            piv, hsize = _pivot(heap, hsize)
-            if piv < 0:
-                unreduced += 1
-                break
-            rid = _row_id(piv, rows_are_edges, porder, rmap, size, st)
-            j = own[rid]
-            if j < 0:
-                own[rid] = cid
-                if level[key >> 4] != level[piv >> 4]:
-                    if m == pb.size:
-                        pb = _grow(pb, m + 1)
-                        pd = _grow(pd, m + 1)
-                    pb[m] = key
-                    pd[m] = piv
-                    m += 1
-                if added > 0 and used + hsize <= cap:  # keep the reduced column (cancelled, sorted)
-                    if slots == slot_start.size:
-                        slot_start = _grow(slot_start, slots + 1)
-                        slot_len = _grow(slot_len, slots + 1)
-                    pool = _grow(pool, used + hsize)
-                    start = used
-                    while True:
-                        x, hsize = _pivot(heap, hsize)
-                        if x < 0:
-                            break
-                        hsize = _heap_pop(heap, hsize)
-                        pool[used] = x
-                        used += 1
-                    slot_start[slots] = start
-                    slot_len[slots] = used - start
-                    cache_at[rid] = slots
-                    slots += 1
-                break
-            added += 1
-            s = cache_at[rid]
-            if s >= 0:
-                heap = _grow(heap, hsize + slot_len[s])
-                for t in range(slot_len[s]):
-                    _heap_push(heap, hsize, pool[slot_start[s] + t])
-                    hsize += 1
-                pushes += slot_len[s]
-            else:
-                jt = j // size
-                c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids2, keys2)
-                heap = _grow(heap, hsize + c)
-                for t in range(c):
-                    _heap_push(heap, hsize, keys2[t])
-                    hsize += 1
-                pushes += c
+        piv, _, heap = _reduce_column(cid, columns_are_edges, False, big, size, st, ekey, skey, paired, porder, rmap,
+                                      own, heap, ids, keys, cache_at, pool, start, counts)
+        if piv < 0:
+            unreduced += 1
+            continue
+        if level[key >> 4] != level[piv >> 4]:
+            if m == pb.size:
+                pb = _grow(pb, m + 1)
+                pd = _grow(pd, m + 1)
+            pb[m] = key
+            pd[m] = piv
+            m += 1
     order = np.argsort(-pb[:m])
     births = np.empty(m, np.int64)
     deaths = np.empty(m, np.int64)
     for t in range(m):
         births[t] = pb[order[t]]
         deaths[t] = pd[order[t]]
-    return births, deaths, np.array([unreduced, nh, pushes, slots, used], np.int64)
+    slots = counts[0]
+    return births, deaths, np.array([unreduced, nh, counts[1], slots, start[slots]], np.int64)
 
 
 class Complex:
@@ -799,67 +824,14 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
-    # reduced columns kept for reuse, as in :func:`loops`: per 1-cell owned by a cached column, its slot
-    cache_at = np.full(3 * size, -1, np.int32)
-    slot_start = np.empty(64, np.int64)
-    slot_len = np.empty(64, np.int64)
-    pool = np.empty(1024, np.int64)
-    used = 0
-    slots = 0
-    cap = CACHE_PER_VOXEL * n
+    cache_at, pool, start, counts = _new_cache(size, n)
+    e1, e2 = (x_keys1, c_keys2) if squares else (c_keys2, x_keys1)  # _around's edge and square keys
     for h in range(nh):
-        key = hard[h]
-        cid = _row_id(key, not squares, c_porder, c_places2, size, st)
-        ct = cid // size
-        r = _around(cid - ct * size, ct, not squares, size, st, x_keys1 if squares else c_keys2,
-                    c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
-        hsize = 0
-        for t in range(r):
-            _heap_push(heap, hsize, big - keys[t])
-            hsize += 1
-        added = 0
-        while True:
-            piv, hsize = _pivot(heap, hsize)
-            if piv < 0:  # pragma: no cover - C's non-forest 2-cells never reduce to zero
-                break
-            rid = _row_id(big - piv, squares, x_porder, x_places1, size, st)
-            j = own[rid]
-            if j < 0:
-                own[rid] = cid
-                out[cid] = rid
-                if added > 0 and used + hsize <= cap:  # keep the reduced column (cancelled, sorted)
-                    if slots == slot_start.size:
-                        slot_start = _grow(slot_start, slots + 1)
-                        slot_len = _grow(slot_len, slots + 1)
-                    pool = _grow(pool, used + hsize)
-                    start = used
-                    while True:
-                        x, hsize = _pivot(heap, hsize)
-                        if x < 0:
-                            break
-                        hsize = _heap_pop(heap, hsize)
-                        pool[used] = x
-                        used += 1
-                    slot_start[slots] = start
-                    slot_len[slots] = used - start
-                    cache_at[rid] = slots
-                    slots += 1
-                break
-            added += 1
-            sl = cache_at[rid]
-            if sl >= 0:
-                heap = _grow(heap, hsize + slot_len[sl])
-                for t in range(slot_len[sl]):
-                    _heap_push(heap, hsize, pool[slot_start[sl] + t])
-                    hsize += 1
-                continue
-            jt = j // size
-            c = _around(j - jt * size, jt, not squares, size, st, x_keys1 if squares else c_keys2,
-                        c_keys2 if squares else x_keys1, x_paired, big, ids2, keys2)
-            heap = _grow(heap, hsize + c)
-            for t in range(c):
-                _heap_push(heap, hsize, big - keys2[t])
-                hsize += 1
+        cid = _row_id(hard[h], not squares, c_porder, c_places2, size, st)
+        _, rid, heap = _reduce_column(cid, not squares, True, big, size, st, e1, e2, x_paired, x_porder, x_places1,
+                                      own, heap, ids, keys, cache_at, pool, start, counts)
+        if rid >= 0:  # always: C's non-forest 2-cells never reduce to zero
+            out[cid] = rid
     return out
 
 
