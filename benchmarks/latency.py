@@ -144,17 +144,30 @@ def peak_memory_3d(size: int) -> tuple[float, float]:
     return added / size**3, before
 
 
-def compile_times_3d() -> list[tuple[str, float, float]]:
-    """(cache state, first 3D TopologicalLoss call s, second call s) in fresh processes."""
+def compile_times(snippet: str) -> list[tuple[str, float, float]]:
+    """(cache state, first call s, second call s) of ``snippet`` (which prints its last two figures as the first
+    and second call) in fresh processes: an empty numba cache, then the cache the first one wrote."""
     out = []
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for state in ("cold (empty numba cache)", "warm (cache on disk)"):
-            run = subprocess.run([sys.executable, "-c", COMPILE3D_SNIPPET], env=env, capture_output=True,
-                                 text=True, check=True)
-            first, second = (float(v) for v in run.stdout.split())
+            run = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True,
+                                 check=True)
+            first, second = (float(v) for v in run.stdout.split()[-2:])
             out.append((state, first, second))
     return out
+
+
+def _iqr(v: np.ndarray) -> str:
+    return f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"
+
+
+def ratio_cells(new: np.ndarray, old: np.ndarray) -> str:
+    """``new ms (IQR) | old ms (IQR) | old/new per round, median [IQR]`` for two interleaved series of seconds."""
+    a, b = new * 1e3, old * 1e3
+    ratio = b / a  # per round: both measured back to back
+    return (f"{_iqr(a)} | {_iqr(b)} | {np.median(ratio):.2f}x "
+            f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}]")
 
 
 def ph_main(args: argparse.Namespace) -> int:
@@ -167,18 +180,14 @@ def ph_main(args: argparse.Namespace) -> int:
         label, fns, pairs = ph_cases(size, dim)
         times = interleaved(fns, args.rounds)
         for what, new, old in pairs:
-            a, b = times[new] * 1e3, times[old] * 1e3
-            ratio = b / a  # per round: both measured back to back
-            q = lambda v: f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"  # noqa: E731
-            print(f"| {label} | {what} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
-                  f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+            print(f"| {label} | {what} | {ratio_cells(times[new], times[old])} |", flush=True)
     if args.sizes3d and args.memory:
         print("\n| 3D map | TopologicalLoss call: peak memory added (bytes/voxel) | total (MiB) |\n|---|---|---|")
         for size in args.sizes3d:
             per_voxel, _ = peak_memory_3d(size)
             print(f"| {size}^3 | {per_voxel:.0f} | {per_voxel * size**3 / 2**20:.0f} |", flush=True)
         print("\n| numba cache | first 3D TopologicalLoss call s | second call s |\n|---|---|---|")
-        for state, first, second in compile_times_3d():
+        for state, first, second in compile_times(COMPILE3D_SNIPPET):
             print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
     return 0
 
@@ -198,45 +207,21 @@ print(t1 - t0, t2 - t1, t3 - t2)
 """
 
 
-def compile_times() -> list[tuple[str, float, float]]:
-    """(cache state, first call s, second call s) in fresh processes: empty numba cache, then warm."""
-    out = []
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for state in ("cold (empty numba cache)", "warm (cache on disk)"):
-            run = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET], env=env, capture_output=True, text=True,
-                                 check=True)
-            _, first, second = (float(v) for v in run.stdout.split())
-            out.append((state, first, second))
-    return out
-
-
 def betti_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; torch threads={args.threads}; batch={args.batch}, construction V, "
           f"{args.rounds} interleaved rounds; forward + backward of the whole loss")
     print("| map | fastloss ms (IQR) | topolosses ms (IQR) | speedup median [IQR] |\n|---|---|---|---|")
     ours, ref = LOSSES["betti"](), topolosses_betti()
-    q = lambda v: f"{np.median(v):.1f} ({np.percentile(v, 25):.1f}-{np.percentile(v, 75):.1f})"  # noqa: E731
-    for size in args.sizes:
-        x, t = inputs("betti", size, args.batch)
+    maps = [(f"{s}x{s}", inputs("betti", s, args.batch)) for s in args.sizes]
+    maps += [(f"{s}^3", next(workloads.topology_workload(size=s, batch=args.batch, samples=args.batch, epochs=1,
+                                                         dim=3).trajectory())) for s in args.sizes3d]
+    for label, (x, t) in maps:  # 3D: every dim (dim 1 by reduction)
         times = interleaved({"ours": lambda x=x, t=t: training_step(ours, x, t),
                              "ref": lambda x=x, t=t: training_step(ref, x, t)}, args.rounds)
-        a, b = times["ours"] * 1e3, times["ref"] * 1e3
-        ratio = b / a
-        print(f"| {size}x{size} | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
-              f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
-    for size in args.sizes3d:  # 3D: every dim (dim 1 by reduction)
-        x, t = next(workloads.topology_workload(size=size, batch=args.batch, samples=args.batch, epochs=1,
-                                                dim=3).trajectory())
-        times = interleaved({"ours": lambda x=x, t=t: training_step(ours, x, t),
-                             "ref": lambda x=x, t=t: training_step(ref, x, t)}, args.rounds)
-        a, b = times["ours"] * 1e3, times["ref"] * 1e3
-        ratio = b / a
-        print(f"| {size}^3 | {q(a)} | {q(b)} | {np.median(ratio):.2f}x "
-              f"[{np.percentile(ratio, 25):.2f}, {np.percentile(ratio, 75):.2f}] |", flush=True)
+        print(f"| {label} | {ratio_cells(times['ours'], times['ref'])} |", flush=True)
     print("\n| numba cache | first call s (import excluded) | second call s |\n|---|---|---|")
-    for state, first, second in compile_times():
+    for state, first, second in compile_times(COMPILE_SNIPPET):
         print(f"| {state} | {first:.2f} | {second:.3f} |", flush=True)
     return 0
 

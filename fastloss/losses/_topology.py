@@ -17,10 +17,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
-    "CacheablePH", "SelectionStep", "run_per_map", "selection_index", "selection_owner", "sum_per_map", "to_numpy",
+    "CacheablePH", "ConfigTopologyLoss", "SelectionStep", "run_per_map", "selection_index", "selection_owner", "sum_per_map", "to_numpy",
 ]
 
 
@@ -106,3 +106,22 @@ class CacheablePH(Protocol):
 
     def select(self, f: np.ndarray, side: object, dims: tuple[int, ...]) -> object:
         """One map's exact selection from its filtration and a (cached) target side."""
+
+
+class ConfigTopologyLoss(nn.Module):
+    """The parts of a topology loss read from its frozen ``config`` (``reduction``, ``workers``,
+    ``construction``), shared by both losses: the output shape and the cache hooks that depend on them."""
+
+    config: object
+
+    def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
+        """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
+        return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
+
+    # --- the hooks CachedPH caches through (CacheablePH) that come from the config ------------------
+    @property
+    def workers(self) -> int | None:
+        return self.config.workers
+
+    def target_key(self) -> str:
+        return self.config.construction

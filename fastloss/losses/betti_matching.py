@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import ph as engine
 from .._validation import (
@@ -71,7 +71,15 @@ from .._validation import (
     upcast,
 )
 from ..ph import matching as bm
-from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
+from ._topology import (
+    ConfigTopologyLoss,
+    SelectionStep,
+    run_per_map,
+    selection_index,
+    selection_owner,
+    sum_per_map,
+    to_numpy,
+)
 
 __all__ = [
     "BettiMatchingConfig",
@@ -304,7 +312,7 @@ def betti_matching_loss(
     return _betti_matching_loss(cfg, input, target)
 
 
-class BettiMatchingLoss(nn.Module):
+class BettiMatchingLoss(ConfigTopologyLoss):
     r"""Betti-matching topology loss for 2D and 3D segmentation (Stucki et al. 2023, 2024).
 
     Matches the persistence bars of prediction and target *by location* (through the comparison image
@@ -369,18 +377,7 @@ class BettiMatchingLoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return _betti_matching_loss(self.config, input, target)
 
-    def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
-        """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
-        return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
-
-    # --- the hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------------
-    @property
-    def workers(self) -> int | None:
-        return self.config.workers
-
-    def target_key(self) -> str:
-        return self.config.construction
-
+    # --- the other hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------
     def uncacheable_reason(self) -> str | None:
         return None
 

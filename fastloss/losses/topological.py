@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import ph as engine
 from .._validation import (
@@ -55,7 +55,15 @@ from .._validation import (
     upcast,
 )
 from ..ph.diagram import cripser_diagram
-from ._topology import SelectionStep, run_per_map, selection_index, selection_owner, sum_per_map, to_numpy
+from ._topology import (
+    ConfigTopologyLoss,
+    SelectionStep,
+    run_per_map,
+    selection_index,
+    selection_owner,
+    sum_per_map,
+    to_numpy,
+)
 
 __all__ = [
     "BarSelection",
@@ -309,7 +317,7 @@ def topological_loss(
     return _topological_loss(cfg, input, target)
 
 
-class TopologicalLoss(nn.Module):
+class TopologicalLoss(ConfigTopologyLoss):
     r"""Persistent-homology topology loss by Betti-number (rank) matching, for 2D and 3D segmentation.
 
     Each dimension's bars are ranked by persistence and the target's Betti number of them is kept, the
@@ -376,18 +384,7 @@ class TopologicalLoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
         return _topological_loss(self.config, input, target)
 
-    def output_shape(self, input: Tensor, target: Tensor | None = None) -> torch.Size:
-        """``(B, C)`` with ``reduction="none"``, else a scalar (read from shapes only)."""
-        return torch.Size(tuple(input.shape[:2]) if self.config.reduction == "none" else ())
-
-    # --- the hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------------
-    @property
-    def workers(self) -> int | None:
-        return self.config.workers
-
-    def target_key(self) -> str:
-        return self.config.construction
-
+    # --- the other hooks CachedPH caches through (fastloss.losses._topology.CacheablePH) -----------
     def uncacheable_reason(self) -> str | None:
         return None if self.config.betti is None else "a `betti` prior has none"
 

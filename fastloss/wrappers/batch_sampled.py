@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_positive_int
-from ._sampling import check_seed, cycle_order
+from ._sampling import SamplingWrapper
 from .base import LossWrapper, loss_output_shape
 
 __all__ = ["BatchSampledLoss"]
@@ -36,7 +36,7 @@ __all__ = ["BatchSampledLoss"]
 REDUCTIONS = ("mean", "sum", "none")
 
 
-class BatchSampledLoss(LossWrapper):
+class BatchSampledLoss(SamplingWrapper):
     r"""Evaluate ``loss`` on ``k`` samples of the batch per training step, every position once per cycle.
 
     Args:
@@ -77,15 +77,9 @@ class BatchSampledLoss(LossWrapper):
                 "reduces over the batch"
             )
         check_choice("reduction", reduction, REDUCTIONS)
-        self.seed = check_seed(seed)
-        super().__init__(loss)
+        super().__init__(loss, seed)
         self.k = k
         self.reduction = reduction
-        self._cycle = 1  # groups per cycle at the last training call (the inner wrappers' phase unit)
-
-    def inner_phase(self, phase: int) -> int:
-        """Wrappers inside see one step per cycle of groups (see :class:`TiledLoss`)."""
-        return phase // self._cycle
 
     def samples(self, batch: int) -> int:
         """``k`` for a batch of ``batch`` samples."""
@@ -97,7 +91,7 @@ class BatchSampledLoss(LossWrapper):
         k = self.samples(batch)
         n = math.ceil(batch / k)
         phase = self.phase(step)
-        order = cycle_order(self.seed, phase // n, batch)
+        order = self.cycle_order(phase, n, batch)
         return sorted(order[(phase % n) * k:(phase % n + 1) * k])
 
     def compute(self, input: Tensor, target: Tensor | None) -> Tensor:
@@ -120,12 +114,6 @@ class BatchSampledLoss(LossWrapper):
 
     def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
         return loss_output_shape(self.loss, input, target)
-
-    def get_extra_state(self) -> dict:
-        return {"seed": self.seed}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.seed = check_seed(state["seed"])
 
     def summary(self) -> str:
         return f"{type(self).__name__}(k={self.k})"

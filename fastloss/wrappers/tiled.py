@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from .._validation import check_bool, check_int, reduce_loss
 from ..losses._feature import FeatureLoss
-from ._sampling import check_seed, cycle_order
-from .base import LossWrapper, loss_output_shape
+from ._sampling import SamplingWrapper
+from .base import loss_output_shape
 from .cached_target import CachedTarget
 
 __all__ = ["TiledLoss"]
@@ -78,7 +78,7 @@ def _edges(length: int, parts: int, align: int) -> list[int]:
     return edges
 
 
-class TiledLoss(LossWrapper):
+class TiledLoss(SamplingWrapper):
     r"""Evaluate ``loss`` on one tile of a grid per training step, every tile once per cycle.
 
     See the module docstring for the estimator, the margin and the order.
@@ -136,7 +136,6 @@ class TiledLoss(LossWrapper):
             margin = check_int("margin", margin, 0, expected="a non-negative int or 'auto'")
         check_bool("per_sample", per_sample)
         check_bool("fit_grid", fit_grid)
-        self.seed = check_seed(seed)
         access = _feature_access(loss)
         if access is None and isinstance(margin, int) and margin > 0:
             raise TypeError(
@@ -148,16 +147,10 @@ class TiledLoss(LossWrapper):
                 f"`per_sample=True` needs a feature loss (PerceptualLoss, LPIPSLoss, or CachedTarget around one), "
                 f"got {type(loss).__name__}"
             )
-        super().__init__(loss)  # validate first: joining a stack changes the wrappers inside
+        super().__init__(loss, seed)  # validate first: joining a stack changes the wrappers inside
         self.margin = margin
         self.per_sample = per_sample
         self.fit_grid = fit_grid
-        self._cycle = 1  # tiles per cycle at the last training call (the inner wrappers' phase unit)
-
-    def inner_phase(self, phase: int) -> int:
-        """Wrappers inside see one step per cycle of tiles, so an inner :class:`BatchSampledLoss` moves to its
-        next group once every tile has been visited: nested, the pairs (tile, group) are all visited."""
-        return phase // self._cycle
 
     @staticmethod
     def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -237,7 +230,7 @@ class TiledLoss(LossWrapper):
         if step is None:
             self._cycle = n
         phase = self.phase(step)
-        order = cycle_order(self.seed, phase // n, n)
+        order = self.cycle_order(phase, n)
         picks = [order[(phase + b) % n] for b in range(batch)] if self.per_sample else [order[phase % n]]
         out = []
         for index in picks:
@@ -305,12 +298,6 @@ class TiledLoss(LossWrapper):
         if self._features() is not None:
             return loss_output_shape(self._features()[0], input, target)
         return loss_output_shape(self.loss, input, target)
-
-    def get_extra_state(self) -> dict:
-        return {"seed": self.seed}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.seed = check_seed(state["seed"])
 
     def summary(self) -> str:
         grid = f"{self.tiles[0]}x{self.tiles[1]}" if self.tiles is not None else f"tile_size={self.tile_size}"
