@@ -68,18 +68,6 @@ def _others(o: int) -> tuple[int, int]:
 
 
 @njit
-def _three(x0: int, x1: int, x2: int, x3: int, k: int) -> tuple[int, int, int]:
-    """The three of four corner ranks that are not ``k``."""
-    if x0 == k:
-        return x1, x2, x3
-    if x1 == k:
-        return x0, x2, x3
-    if x2 == k:
-        return x0, x1, x3
-    return x0, x1, x2
-
-
-@njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
               ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool) -> None:
     """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
@@ -104,6 +92,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     skey[:] = big
     sort_key = np.empty(12, np.int64)
     geo = np.empty(12, np.int64)
+    vg = np.empty(6, np.int64)  # the edges at p in geometric order, and their other ends' ranks
+    vx = np.empty(6, np.int64)
     for p in range(size):
         k = rank[p]
         if k >= n:
@@ -112,12 +102,16 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             continue
         # edges whose critical voxel is p, by the other end's rank
         c = 0
+        ne = 0
         for g in range(6):
             a = g >> 1
             nb = p + st[a] if g & 1 == 0 else p - st[a]
             x = np.int64(rank[nb])
             if (x <= k) if use_min else (x >= k):
                 continue
+            vg[ne] = g
+            vx[ne] = x
+            ne += 1
             if by_index:
                 x = (p - (g & 1) * st[a]) * 4 + a
             j = c  # insertion: stable, by rank then geometric index
@@ -135,57 +129,44 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
             m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         emap[p] = m
-        # squares whose critical voxel is p, by their other corners' ranks
+        # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
+        # pass the same test, so only pairs of p's edges are candidates; by their other corners' ranks
+        # (the two highest under "V", sorted down; the two lowest under "T", sorted up), ties by
+        # geometric index
         c = 0
-        for g in range(12):
-            o = g >> 2
-            u, w = _others(o)
-            base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
-            # p's two neighbours in the square first: most squares fail there
-            nu = p - st[u] if (g >> 1) & 1 else p + st[u]
-            nw = p - st[w] if g & 1 else p + st[w]
-            yu = rank[nu]
-            yw = rank[nw]
-            if ((yu <= k) or (yw <= k)) if use_min else ((yu >= k) or (yw >= k)):
-                continue
-            x0 = np.int64(rank[base])
-            x1 = np.int64(rank[base + st[u]])
-            x2 = np.int64(rank[base + st[w]])
-            x3 = np.int64(rank[base + st[u] + st[w]])
-            if use_min:
-                if min(min(x0, x1), min(x2, x3)) != k:
+        for e1 in range(ne):
+            g1 = vg[e1]
+            for e2 in range(e1 + 1, ne):
+                g2 = vg[e2]
+                if g1 >> 1 == g2 >> 1:
                     continue
-                # the three other corners, sorted up; the two lowest decide
-                y0, y1, y2 = _three(x0, x1, x2, x3, k)
-                if y0 > y1:
-                    y0, y1 = y1, y0
-                if y1 > y2:
-                    y1, y2 = y2, y1
-                    if y0 > y1:
-                        y0, y1 = y1, y0
-                key = (y0 << 31) | y1
-            else:
-                if max(max(x0, x1), max(x2, x3)) != k:
+                u = g1 >> 1  # g1 < g2: u < w
+                w = g2 >> 1
+                iu = g1 & 1
+                iw = g2 & 1
+                o = 3 - u - w
+                g = 4 * o + 2 * iu + iw
+                yu = vx[e1]
+                yw = vx[e2]
+                yd = np.int64(rank[p + (st[u] if iu == 0 else -st[u]) + (st[w] if iw == 0 else -st[w])])
+                if (yd <= k) if use_min else (yd >= k):
                     continue
-                # the three other corners, sorted down; the two highest decide
-                y0, y1, y2 = _three(x0, x1, x2, x3, k)
-                if y0 < y1:
-                    y0, y1 = y1, y0
-                if y1 < y2:
-                    y1, y2 = y2, y1
-                    if y0 < y1:
-                        y0, y1 = y1, y0
-                key = (y0 << 31) | y1
-            if by_index:
-                key = base * 4 + o
-            j = c
-            while j > 0 and sort_key[j - 1] > key:
-                sort_key[j] = sort_key[j - 1]
-                geo[j] = geo[j - 1]
-                j -= 1
-            sort_key[j] = key
-            geo[j] = g
-            c += 1
+                hi = max(yu, yw)
+                lo = min(yu, yw)
+                if use_min:  # the two lowest, sorted up
+                    key = (lo << 31) | min(hi, yd) if yd >= lo else (yd << 31) | lo
+                else:  # the two highest, sorted down
+                    key = (hi << 31) | max(lo, yd) if yd <= hi else (yd << 31) | hi
+                if by_index:
+                    key = (p - iu * st[u] - iw * st[w]) * 4 + o
+                j = c
+                while j > 0 and (sort_key[j - 1] > key or (sort_key[j - 1] == key and geo[j - 1] > g)):
+                    sort_key[j] = sort_key[j - 1]
+                    geo[j] = geo[j - 1]
+                    j -= 1
+                sort_key[j] = key
+                geo[j] = g
+                c += 1
         mm = np.int64(-1)
         for j in range(c):
             g = geo[j]
