@@ -831,6 +831,8 @@ def loop_matching(p: Complex, t: Complex, c: Complex) -> tuple[np.ndarray, np.nd
     """Betti matching of dim 1: rows of ``p.dims[1]`` and ``t.dims[1]`` matched to each other. A bar of
     C (dying at 2-cell s) is induced from the bar of P born at the pivot of s's column in the image
     reduction of P in C, and from T's likewise; when both are bars (non-zero persistence), they match."""
+    if not (len(p.dims[1][0]) and len(t.dims[1][0]) and len(c.dims[1][0])):  # nothing to match: no image needed
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     sq = c.construction == "V"
     _, c_death = c.dims[1]
     s = c.cell_ids(c_death, not sq)

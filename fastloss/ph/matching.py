@@ -217,8 +217,10 @@ def betti_matching(f_pred: np.ndarray, target: np.ndarray | TargetSide, construc
         matched_t.append(mt.astype(np.int64) + ot)
     if side.loops is not None:
         p_loops = _loops(p.fl, side.construction, dims)
-        c_loops = _loops(c.fl, side.construction, dims)
-        mp, mt = loops3d.loop_matching(p_loops, side.loops, c_loops)
+        if len(p_loops.dims[1][0]) and len(side.loops.dims[1][0]):
+            mp, mt = loops3d.loop_matching(p_loops, side.loops, _loops(c.fl, side.construction, dims))
+        else:  # no bar on one side: nothing to match, C's complex is not needed
+            mp = mt = np.zeros(0, np.int64)
         (pb, pd), (tb, td) = p_loops.dims[1], side.loops.dims[1]
         op, ot = add("pred", p.fl, 1, pb >> 4, pd >> 4), add("target", t.fl, 1, tb >> 4, td >> 4)
         matched_p.append(mp + op)

@@ -92,6 +92,22 @@ class TestMatching:
         assert our_sets(m, 1) == reference_sets(p, t, 1)
         assert len(m.pred_matched) > 0
 
+    @pytest.mark.parametrize("loops_in", ["pred", "target"])
+    def test_one_side_without_loops(self, loops_in):
+        """When one volume has no dim-1 bar (a ramp: every sublevel set is contractible), nothing is matched
+        in dim 1 and the image reductions are skipped: still the reference's pairs, every dim."""
+        shape = (9, 10, 8)
+        n = int(np.prod(shape))
+        ramp = (np.arange(n) + 0.5) / (2 * n)
+        noisy = 0.5 + (np.random.default_rng(7).permutation(n) + 0.5) / (2 * n)
+        p, t = (noisy, ramp) if loops_in == "pred" else (ramp, noisy)
+        p, t = p.reshape(shape), t.reshape(shape)
+        m = betti_matching(p, t)
+        assert (m.pred.dim == 1).any() == (loops_in == "pred")
+        assert (m.target.dim == 1).any() == (loops_in == "target")
+        for dim in (0, 1, 2):
+            assert our_sets(m, dim) == reference_sets(p, t, dim)
+
     def test_identical_volumes_match_every_loop_to_itself(self):
         x = np.random.default_rng(3).permutation(9 * 8 * 7).reshape(9, 8, 7) / 504.0
         for construction in "VT":
