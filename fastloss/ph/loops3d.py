@@ -435,28 +435,27 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
 
 @njit
 def _new_cache(size: int, n: int):
-    """The bounded cache of reduced columns of :func:`_reduce_column`: ``(cache_at, pool, start, counts)``,
-    per row owned by a cached column its slot (-1: none), the slots' entries back to back (at most
-    ``CACHE_PER_VOXEL`` a voxel; slot ``s`` is ``pool[start[s]:start[s + 1]]``), and ``counts`` = (slots,
-    entries added to columns from their pivots' owners)."""
+    """The bounded cache of reduced columns of :func:`_reduce_column`: ``(pool, start, counts)``, the
+    slots' entries back to back (at most ``CACHE_PER_VOXEL`` a voxel; slot ``s`` is
+    ``pool[start[s]:start[s + 1]]``), and ``counts`` = (slots, entries added to columns from their
+    pivots' owners). A row owned by a cached column holds ``-2 - slot`` in ``own``."""
     cap = CACHE_PER_VOXEL * n
-    cache_at = np.full(3 * size, -1, np.int32)
     pool = np.empty(cap, np.int64)  # pages are only touched as slots fill
     start = np.empty(cap + 1, np.int64)
     start[0] = 0
     counts = np.zeros(2, np.int64)
-    return cache_at, pool, start, counts
+    return pool, start, counts
 
 
 @njit(inline=True)
 def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size: int, st: np.ndarray,
                    ekey: np.ndarray, skey: np.ndarray, paired: np.ndarray, rporder: np.ndarray, rmap: np.ndarray,
-                   own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, cache_at: np.ndarray,
-                   pool: np.ndarray, start: np.ndarray, counts: np.ndarray):
+                   own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, pool: np.ndarray,
+                   start: np.ndarray, counts: np.ndarray):
     """Reduce column ``cid`` (its neighbours by :func:`_around` over ``ekey, skey, paired``; rows found by
-    :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner, add the
-    owner's reduced column where the cache (:func:`_new_cache`) holds it, else the owner's own
-    neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
+    :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner (``own``:
+    per row its owner column, -1 none, ``-2 - slot`` a cached one), add the owner's reduced column where
+    the cache (:func:`_new_cache`) holds it, else the owner's own neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
     Makes ``cid`` its pivot's owner and, when it needed additions and the cache has room, keeps its
     reduced column (cancelled, sorted). Returns ``(row key, row id, heap)``; ``(-1, -1, heap)`` when the
     column reduces to zero."""
@@ -475,7 +474,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
         row_key = off + sgn * piv
         rid = _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
         j = own[rid]
-        if j < 0:
+        if j == -1:
             own[rid] = cid
             slots = counts[0]
             used = start[slots]
@@ -488,13 +487,12 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
                     pool[used] = x
                     used += 1
                 start[slots + 1] = used
-                cache_at[rid] = slots
+                own[rid] = -2 - slots
                 counts[0] = slots + 1
             return row_key, rid, heap
         added += 1
-        s = cache_at[rid]
-        if s >= 0:
-            a, b = start[s], start[s + 1]
+        if j < 0:
+            a, b = start[-2 - j], start[-1 - j]
             heap = _grow(heap, hsize + b - a)
             for t in range(a, b):
                 _heap_push(heap, hsize, pool[t])
@@ -663,14 +661,14 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 nh += 1
     # the rest: reduction in decreasing column order
     hard = np.sort(hard[:nh])
-    cache_at, pool, start, counts = _new_cache(size, n)
+    pool, start, counts = _new_cache(size, n)
     heap = np.empty(64, np.int64)
     unreduced = 0
     for h in range(nh - 1, -1, -1):
         key = hard[h]
         cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
         piv, _, heap = _reduce_column(cid, columns_are_edges, False, big, size, st, ekey, skey, paired, porder, rmap,
-                                      own, heap, ids, keys, cache_at, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts)
         if piv < 0:
             unreduced += 1
             continue
@@ -765,8 +763,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     size = c_paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    own = np.full(3 * size, -1, np.int64)  # per 1-cell: the column whose pivot it is
-    out = np.full(3 * size, -1, np.int64)
+    own = np.full(3 * size, -1, np.int32)  # per 1-cell: the column whose pivot it is (see _reduce_column)
+    out = np.full(3 * size, -1, np.int32)
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
     ids2 = np.empty(4, np.int64)
@@ -805,12 +803,12 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
-    cache_at, pool, start, counts = _new_cache(size, n)
+    pool, start, counts = _new_cache(size, n)
     e1, e2 = (x_keys1, c_keys2) if squares else (c_keys2, x_keys1)  # _around's edge and square keys
     for h in range(nh):
         cid = _row_id(hard[h], not squares, c_porder, c_places2, size, st)
         _, rid, heap = _reduce_column(cid, not squares, True, big, size, st, e1, e2, x_paired, x_porder, x_places1,
-                                      own, heap, ids, keys, cache_at, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts)
         if rid >= 0:  # always: C's non-forest 2-cells never reduce to zero
             out[cid] = rid
     return out
