@@ -209,7 +209,8 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
                  increasing: bool, paired: np.ndarray):
     """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
     whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
-    it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. Sets bit ``a``
+    it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. ``emap``: its
+    places by rank (``emap[porder]``: read in filtration order, the loads are sequential). Sets bit ``a``
     of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
     of non-zero persistence."""
     n = porder.size
@@ -224,7 +225,7 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
         p = porder[k]
         parent[k] = k
         root = k
-        places = emap[p]
+        places = emap[k]
         for t in range(6):
             g = (places >> (4 * (t if increasing else 5 - t))) & 15
             if g == 15:
@@ -256,7 +257,8 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
                 increasing: bool, paired: np.ndarray):
     """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
     (decreasing; a cube outside the complex is the outside node, the eldest), squares in
-    :func:`cell_keys`' order. Sets bit ``3 + o`` of ``paired[q]`` for every forest square ``(q, o)``;
+    :func:`cell_keys`' order, ``smap`` by rank (``smap[porder]``). Sets bit ``3 + o`` of ``paired[q]`` for
+    every forest square ``(q, o)``;
     returns the pairs of non-zero persistence."""
     n = porder.size
     size = ckey.size
@@ -274,7 +276,7 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     for step in range(n):
         k = step if increasing else n - 1 - step
         p = porder[k]
-        places = smap[p]
+        places = smap[k]
         for t in range(12):
             g = (places >> (4 * (t if increasing else 11 - t))) & 15
             if g == 15:
@@ -700,6 +702,22 @@ class Complex:
         return cell_ids(keys, edges, self.fl.porder, self.emap if edges else self.smap, self.sa, self.sb)
 
 
+def forests(fl, use_min: bool, ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, paired: np.ndarray):
+    """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
+    the forest cells in ``paired``. The Kruskal passes read the places in filtration order: gathered
+    by rank first (independent loads; inside the passes each would wait on ``porder``)."""
+    _, h, w = fl.shape
+    sa, sb = (h + 2) * (w + 2), w + 2
+    er, sr = emap[fl.porder], smap[fl.porder]
+    if use_min:
+        zero = cube_forest(fl.porder, fl.level, sr, ckey, sa, sb, True, paired)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, er, sa, sb, False, paired)
+    else:
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, er, sa, sb, True, paired)
+        two = cube_forest(fl.porder, fl.level, sr, ckey, sa, sb, False, paired)
+    return zero, two
+
+
 def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
     (``by_index``: see :func:`cell_keys`)."""
@@ -708,12 +726,7 @@ def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
     t = construction == "T"
     ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
     paired = np.zeros(fl.rank.size, np.uint8)
-    if t:
-        zero = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)
-        two = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, False, paired)
-    else:
-        zero = voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
-        two = cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
+    zero, two = forests(fl, t, ckey, emap, smap, paired)
     b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")

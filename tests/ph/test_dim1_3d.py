@@ -150,12 +150,7 @@ class TestKernels:
         ekey, skey, ckey, emap, smap = loops3d.new_keys(fl, t)
         big = 16 * n
         paired = np.zeros(fl.rank.size, np.uint8)
-        if t:
-            loops3d.cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, True, paired)
-            loops3d.voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, False, paired)
-        else:
-            loops3d.voxel_forest(fl.porder, fl.rank, fl.level, emap, sa, sb, True, paired)
-            loops3d.cube_forest(fl.porder, fl.level, smap, ckey, sa, sb, False, paired)
+        loops3d.forests(fl, t, ckey, emap, smap, paired)
         *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
         bits = np.unpackbits(paired[:, None], axis=1, bitorder="little")
         edge_forest, square_forest = int(bits[:, :3].sum()), int(bits[:, 3:6].sum())
