@@ -31,6 +31,18 @@ def train(loss, x, y, n):
     return values
 
 
+def run_cycle(loss, x, y, steps):
+    """``steps`` training steps on the same batch from a fresh leaf: the values (stacked) and the gradient
+    accumulated over them."""
+    leaf = x.detach().clone().requires_grad_()
+    values = []
+    for _ in range(steps):
+        value = loss(leaf, y)
+        value.sum().backward()
+        values.append(value.detach())
+    return torch.stack(values), leaf.grad
+
+
 def dataset(n=4, size=24):
     """n distinct ring-like targets (different ring sizes), as a list of (1, 1, size, size) masks."""
     return [ring(size, outer=2 + i, width=2) for i in range(n)]

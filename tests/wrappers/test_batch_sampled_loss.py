@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from steps import run_cycle
 from torch import nn
 
 from fastloss import BatchSampledLoss, IntervalLoss, TiledLoss
@@ -31,23 +32,13 @@ class PerSample(nn.Module):
         return {"mean": per.mean(), "sum": per.sum(), "none": per}[self.reduction]
 
 
-def cycle(loss, x, y, steps):
-    leaf = x.detach().clone().requires_grad_()
-    values = []
-    for _ in range(steps):
-        value = loss(leaf, y)
-        value.sum().backward()
-        values.append(value.detach())
-    return torch.stack(values), leaf.grad
-
-
 @SETTINGS
 @given(b=st.integers(1, 9), k=st.integers(1, 9), reduction=st.sampled_from(["mean", "sum", "none"]))
 def test_a_cycle_is_the_whole_batch_for_every_reduction(b, k, reduction):
     loss = BatchSampledLoss(PerSample(reduction), k)
     x, y = batch(b, seed=b * 10 + k)
     n = math.ceil(b / min(k, b))
-    values, grad = cycle(loss, x, y, n)
+    values, grad = run_cycle(loss, x, y, n)
     ref = PerSample(reduction)
     leaf = x.detach().clone().requires_grad_()
     expected = ref(leaf, y)
@@ -150,7 +141,7 @@ def test_nested_with_tiles_every_pair_is_visited(nesting):
     else:
         loss = TiledLoss(BatchSampledLoss(SpatialMean(), 2), 2)
     steps = 3 * 4  # three groups of two, four tiles: every (group, tile) pair once
-    values, grad = cycle(loss, x, y, steps)
+    values, grad = run_cycle(loss, x, y, steps)
     leaf = x.detach().clone().requires_grad_()
     expected = SpatialMean()(leaf, y)
     expected.backward()

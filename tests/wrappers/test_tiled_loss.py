@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from steps import run_cycle
 from torch import nn
 
 import fastloss
@@ -37,17 +38,6 @@ def relu2():  # VGG16 to relu2_2: receptive field 14, stride 2 (alignment matter
 def images(b, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, h, w, generator=g, dtype=torch.float64), torch.rand(b, 3, h, w, generator=g, dtype=torch.float64)
-
-
-def run_cycle(loss, x, y, steps):
-    """``steps`` training steps on the same images: values and the gradient accumulated over them."""
-    leaf = x.detach().clone().requires_grad_()
-    values = []
-    for _ in range(steps):
-        value = loss(leaf, y)
-        value.sum().backward()
-        values.append(value.detach())
-    return torch.stack(values), leaf.grad
 
 
 def full(loss, x, y):
