@@ -366,9 +366,11 @@ def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np
 @njit
 def _row_id(key: int, edges: bool, porder: np.ndarray, places: np.ndarray, size: int, st: np.ndarray) -> int:
     """The id of the edge (``edges``) or square of key ``key``: its critical voxel, and its geometric
-    index from ``places`` (:func:`cell_keys`' ``edge_places`` or ``square_places``)."""
-    p = porder[key >> 4]
-    g = (places[p] >> (4 * (key & 15))) & 15
+    index from ``places`` (:func:`cell_keys`' ``emap`` or ``smap`` by rank, ``emap[porder]``: the two
+    loads are independent)."""
+    v = key >> 4
+    p = porder[v]
+    g = (places[v] >> (4 * (key & 15))) & 15
     if edges:
         a = g >> 1
         return a * size + p - (g & 1) * st[a]
@@ -512,19 +514,22 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
 
 @njit
 def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
-          emap: np.ndarray, smap: np.ndarray, paired: np.ndarray, sa: int, sb: int, columns_are_edges: bool):
+          emap: np.ndarray, smap: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray, sa: int,
+          sb: int, columns_are_edges: bool):
     """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
     the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
     columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
     reduced columns cached and their entries.
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
-    (columns V-squares, rows their V-edges)."""
+    (columns V-squares, rows their V-edges). ``emap``/``smap``: the places as :func:`cell_keys` writes
+    them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
+    by key)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    cmap = emap if columns_are_edges else smap
-    rmap = smap if columns_are_edges else emap
+    cmap = eranked if columns_are_edges else sranked
+    rmap = sranked if columns_are_edges else eranked
     own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -692,31 +697,31 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
 
 
 class Complex:
-    """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places, forest bits,
-    and its dim-0/1/2 pairs."""
+    """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places (by rank),
+    forest bits, and its dim-0/1/2 pairs."""
 
     __slots__ = ("ckey", "construction", "dims", "ekey", "emap", "fl", "paired", "sa", "sb", "skey", "smap")
 
     def cell_ids(self, keys: np.ndarray, edges: bool) -> np.ndarray:
         """Ids (``type * P + q``) of the edges (``edges``) or squares of the given keys."""
-        return cell_ids(keys, edges, self.fl.porder, self.emap if edges else self.smap, self.sa, self.sb)
+        return cell_ids(keys, edges, self.fl.porder, self.emap if edges else self.smap, self.paired.size, self.sa,
+                        self.sb)
 
 
-def forests(fl, use_min: bool, ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, paired: np.ndarray):
+def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
-    the forest cells in ``paired``. The Kruskal passes read the places in filtration order: gathered
-    by rank first (independent loads; inside the passes each would wait on ``porder``)."""
+    the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (``emap[porder]``): the
+    Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
+    would wait on ``porder``)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
-    er, sr = emap[fl.porder], smap[fl.porder]
     if use_min:
-        zero = cube_forest(fl.porder, fl.level, sr, ckey, sa, sb, True, paired)
-        two = voxel_forest(fl.porder, fl.rank, fl.level, er, sa, sb, False, paired)
+        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired)
     else:
-        zero = voxel_forest(fl.porder, fl.rank, fl.level, er, sa, sb, True, paired)
-        two = cube_forest(fl.porder, fl.level, sr, ckey, sa, sb, False, paired)
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired)
+        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired)
     return zero, two
-
 
 def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
@@ -726,13 +731,14 @@ def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
     t = construction == "T"
     ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
     paired = np.zeros(fl.rank.size, np.uint8)
-    zero, two = forests(fl, t, ckey, emap, smap, paired)
-    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+    er, sr = emap[fl.porder], smap[fl.porder]
+    zero, two = forests(fl, t, ckey, er, sr, paired)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
     c = Complex()
     c.fl, c.construction, c.sa, c.sb = fl, construction, sa, sb
-    c.ekey, c.skey, c.ckey, c.emap, c.smap, c.paired = ekey, skey, ckey, emap, smap, paired
+    c.ekey, c.skey, c.ckey, c.emap, c.smap, c.paired = ekey, skey, ckey, er, sr, paired  # places by rank
     c.dims = {0: zero, 1: (b, d), 2: two}
     return c
 
@@ -747,12 +753,13 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 
 @njit
-def cell_ids(keys: np.ndarray, edges: bool, porder: np.ndarray, places: np.ndarray, sa: int, sb: int) -> np.ndarray:
-    """:func:`_row_id` of every key."""
+def cell_ids(keys: np.ndarray, edges: bool, porder: np.ndarray, places: np.ndarray, size: int, sa: int,
+             sb: int) -> np.ndarray:
+    """:func:`_row_id` of every key (``places`` by rank, ``size`` the padded grid's)."""
     st = _strides(sa, sb)
     out = np.empty(keys.size, np.int64)
     for i in range(keys.size):
-        out[i] = _row_id(keys[i], edges, porder, places, places.size, st)
+        out[i] = _row_id(keys[i], edges, porder, places, size, st)
     return out
 
 

@@ -150,8 +150,9 @@ class TestKernels:
         ekey, skey, ckey, emap, smap = loops3d.new_keys(fl, t)
         big = 16 * n
         paired = np.zeros(fl.rank.size, np.uint8)
-        loops3d.forests(fl, t, ckey, emap, smap, paired)
-        *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, paired, sa, sb, not t)
+        er, sr = emap[fl.porder], smap[fl.porder]
+        loops3d.forests(fl, t, ckey, er, sr, paired)
+        *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
         bits = np.unpackbits(paired[:, None], axis=1, bitorder="little")
         edge_forest, square_forest = int(bits[:, :3].sum()), int(bits[:, 3:6].sum())
         edges, squares = int((ekey < big).sum()), int((skey < big).sum())
