@@ -708,9 +708,22 @@ class Complex:
                         self.sb)
 
 
+@njit
+def by_rank(emap: np.ndarray, smap: np.ndarray, porder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(emap[porder], smap[porder])``: the places in filtration order (one loop, no index conversion)."""
+    n = porder.size
+    er = np.empty(n, emap.dtype)
+    sr = np.empty(n, smap.dtype)
+    for k in range(n):
+        p = porder[k]
+        er[k] = emap[p]
+        sr[k] = smap[p]
+    return er, sr
+
+
 def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
-    the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (``emap[porder]``): the
+    the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
     Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
     would wait on ``porder``)."""
     _, h, w = fl.shape
@@ -731,7 +744,7 @@ def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
     t = construction == "T"
     ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
     paired = np.zeros(fl.rank.size, np.uint8)
-    er, sr = emap[fl.porder], smap[fl.porder]
+    er, sr = by_rank(emap, smap, fl.porder)
     zero, two = forests(fl, t, ckey, er, sr, paired)
     b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug

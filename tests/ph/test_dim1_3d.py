@@ -150,7 +150,7 @@ class TestKernels:
         ekey, skey, ckey, emap, smap = loops3d.new_keys(fl, t)
         big = 16 * n
         paired = np.zeros(fl.rank.size, np.uint8)
-        er, sr = emap[fl.porder], smap[fl.porder]
+        er, sr = loops3d.by_rank(emap, smap, fl.porder)
         loops3d.forests(fl, t, ckey, er, sr, paired)
         *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
         bits = np.unpackbits(paired[:, None], axis=1, bitorder="little")
