@@ -70,6 +70,11 @@ def summarise(runs: list[dict], task: str) -> dict[str, dict]:
             if paired:
                 s["loss_time_ratio"] = _stats(paired)
             s["within_goal"] = abs(s["metric_rel_diff"]) <= GOAL
+        if "none" in summary:  # can the task gate at all? (every task metric is higher-is-better)
+            exact_metric = {r.get("seed"): r[metric] for r in by_preset["exact"]}
+            worse_every_seed = all(r[metric] < exact_metric[r.get("seed")] for r in by_preset["none"]
+                                   if r.get("seed") in exact_metric)
+            summary["none"]["clearly_worse"] = worse_every_seed and summary["none"]["metric_rel_diff"] < -GOAL
     return summary
 
 
@@ -87,7 +92,11 @@ def table(task: str, summary: dict[str, dict]) -> str:
         ratio = f"{s['loss_time_ratio']['mean']:.3f} ± {s['loss_time_ratio']['std']:.3f}" if "loss_time_ratio" in s else "-"
         lines.append(f"| {preset} | {fmt(metric)} | " + " | ".join(fmt(o) for o in others)
                      + f" | {fmt('total_s')} | {fmt('loss_s')} | {100 * s['loss_share']['mean']:.0f}% | {ratio} | {diff} | {ok} |")
-    return "\n".join(lines)
+    if "clearly_worse" in summary.get("none", {}):
+        lines.append("" if summary["none"]["clearly_worse"] else
+                     f"\n`none` is NOT clearly worse than exact here (worse on every seed and by more than "
+                     f"{GOAL:.0%}): this task cannot tell a faithful preset from dropping the term.")
+    return "\n".join(lines).rstrip()
 
 
 def plot(summaries: dict[str, dict], path: Path) -> None:

@@ -125,6 +125,27 @@ def test_e2e_defaults_to_three_seeds(monkeypatch, tmp_path):
     assert len(runs) == 3
 
 
+def test_e2e_says_when_none_is_not_clearly_worse():
+    def run(preset, seed, psnr):
+        return {"preset": preset, "seed": seed, "psnr": psnr, "ssim": 0.5, "exact_perceptual": 0.1, "total_s": 1.0,
+                "loss_s": 0.5 if preset == "exact" else 0.0, "loss_share": 0.5}
+
+    # none 30% worse on every seed: the task can gate
+    clear = e2e.summarise([run("exact", s, 20.0) for s in range(3)] + [run("none", s, 14.0) for s in range(3)],
+                          "restoration")
+    assert clear["none"]["clearly_worse"] is True
+    assert "NOT clearly worse" not in e2e.table("restoration", clear)
+    # worse on average, but better than exact on one seed: it cannot
+    mixed = e2e.summarise([run("exact", s, 20.0) for s in range(3)]
+                          + [run("none", 0, 20.5), run("none", 1, 15.0), run("none", 2, 15.0)], "restoration")
+    assert mixed["none"]["metric_rel_diff"] < -e2e.GOAL and mixed["none"]["clearly_worse"] is False
+    assert "NOT clearly worse" in e2e.table("restoration", mixed)
+    # within the goal on every seed: it cannot either
+    close = e2e.summarise([run("exact", s, 20.0) for s in range(3)] + [run("none", s, 19.9) for s in range(3)],
+                          "restoration")
+    assert close["none"]["clearly_worse"] is False
+
+
 def test_e2e_summary_and_outputs(tmp_path, capsys):
     code = e2e.main(["--tasks", "topology", "--presets", "exact", "none", "--seeds", "1", "--output", str(tmp_path),
                      "--topology-args", " ".join(TINY_TOPOLOGY)])
