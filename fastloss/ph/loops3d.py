@@ -44,8 +44,11 @@ import numpy as np
 from ._jit import njit
 from .unionfind import find
 
-# the reduced columns kept for reuse: at most this many entries per voxel (bounded memory)
+# the reduced columns kept for reuse: at most this many entries per voxel (bounded memory; the pool's
+# pages are only touched as it fills). The image reductions of a binary target in C need more: at 4 a
+# voxel the T-construction's cache filled at 64^3 and the rest re-added boundaries (2.3x the entries).
 CACHE_PER_VOXEL = 4
+IMAGE_CACHE_PER_VOXEL = 8
 
 
 @njit
@@ -438,12 +441,12 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit
-def _new_cache(size: int, n: int):
+def _new_cache(size: int, n: int, per_voxel: int):
     """The bounded cache of reduced columns of :func:`_reduce_column`: ``(pool, start, counts)``, the
-    slots' entries back to back (at most ``CACHE_PER_VOXEL`` a voxel; slot ``s`` is
+    slots' entries back to back (at most ``per_voxel`` a voxel; slot ``s`` is
     ``pool[start[s]:start[s + 1]]``), and ``counts`` = (slots, entries added to columns from their
     pivots' owners). A row owned by a cached column holds ``-2 - slot`` in ``own``."""
-    cap = CACHE_PER_VOXEL * n
+    cap = per_voxel * n
     pool = np.empty(cap, np.int64)  # pages are only touched as slots fill
     start = np.empty(cap + 1, np.int64)
     start[0] = 0
@@ -668,7 +671,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 nh += 1
     # the rest: reduction in decreasing column order
     hard = np.sort(hard[:nh])
-    pool, start, counts = _new_cache(size, n)
+    pool, start, counts = _new_cache(size, n, CACHE_PER_VOXEL)
     heap = np.empty(64, np.int64)
     unreduced = 0
     for h in range(nh - 1, -1, -1):
@@ -836,7 +839,7 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
-    pool, start, counts = _new_cache(size, n)
+    pool, start, counts = _new_cache(size, n, IMAGE_CACHE_PER_VOXEL)
     e1, e2 = (x_keys1, c_keys2) if squares else (c_keys2, x_keys1)  # _around's edge and square keys
     for h in range(nh):
         cid = _row_id(hard[h], not squares, c_porder, c_places2, size, st)
