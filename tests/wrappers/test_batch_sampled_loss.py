@@ -169,3 +169,13 @@ def test_errors():
     loss = BatchSampledLoss(PerSample(), 2)
     with pytest.raises(ValueError, match="`target` must have the input's batch size 4, got shape"):
         loss(torch.rand(4, 3, requires_grad=True), torch.rand(3, 3))
+
+
+def test_cycle_orders_are_a_function_of_seed_and_cycle_only():
+    from fastloss.wrappers._sampling import cycle_order
+
+    assert cycle_order(3, 2, 64) == cycle_order(3, 2, 64)
+    assert sorted(cycle_order(3, 2, 64)) == list(range(64))
+    # every (seed, cycle) pair its own order: seeds that agree modulo a small number do not collide
+    orders = {tuple(cycle_order(seed, cycle, 64)) for seed in (0, 1, 125, 250) for cycle in range(3)}
+    assert len(orders) == 12
