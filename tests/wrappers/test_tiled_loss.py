@@ -306,3 +306,16 @@ class TestErrors:
             TiledLoss(nn.MSELoss(), 2)(torch.rand(1, 1, 4, 4, 4, requires_grad=True), torch.rand(1, 1, 4, 4, 4))
         with pytest.raises(ValueError, match="`target` must be a tensor of the input's shape"):
             TiledLoss(nn.MSELoss(), 2)(torch.rand(1, 1, 4, 4, requires_grad=True), torch.rand(1, 1, 4, 5))
+
+
+def test_fit_grid_around_a_loss_without_feature_maps():
+    # no backbone: no minimum input, so the grid is the one asked for; a loss may declare its own `min_size`
+    loss = TiledLoss(nn.L1Loss(), 3, margin=0, fit_grid=True)
+    assert loss.grid(6, 6) == (3, 3)
+
+    class Coarse(nn.L1Loss):
+        min_size = 4
+
+    assert TiledLoss(Coarse(), 3, margin=0, fit_grid=True).grid(9, 12) == (2, 3)
+    x, y = torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6)
+    assert torch.allclose(sum(run_cycle(loss, x, y, 9)[0]) / 9, nn.L1Loss()(x, y))
