@@ -92,11 +92,10 @@ def table(task: str, summary: dict[str, dict]) -> str:
         ratio = f"{s['loss_time_ratio']['mean']:.3f} ± {s['loss_time_ratio']['std']:.3f}" if "loss_time_ratio" in s else "-"
         lines.append(f"| {preset} | {fmt(metric)} | " + " | ".join(fmt(o) for o in others)
                      + f" | {fmt('total_s')} | {fmt('loss_s')} | {100 * s['loss_share']['mean']:.0f}% | {ratio} | {diff} | {ok} |")
-    if "clearly_worse" in summary.get("none", {}):
-        lines.append("" if summary["none"]["clearly_worse"] else
-                     f"\n`none` is NOT clearly worse than exact here (worse on every seed and by more than "
+    if summary.get("none", {}).get("clearly_worse") is False:
+        lines.append(f"\n`none` is NOT clearly worse than exact here (worse on every seed and by more than "
                      f"{GOAL:.0%}): this task cannot tell a faithful preset from dropping the term.")
-    return "\n".join(lines).rstrip()
+    return "\n".join(lines)
 
 
 def plot(summaries: dict[str, dict], path: Path) -> None:
