@@ -283,7 +283,7 @@ def autotune(
         True
     """
     from .bench import protocol, workloads  # the harness loads when something is measured
-    from .bench.deviation import deviation
+    from .bench.deviation import deviation, reference_run
     from .bench.harness import emulated_reason, materialised
     from .bench.results import CandidateResult, Report
 
@@ -360,6 +360,7 @@ def autotune(
     def fresh(key: str) -> nn.Module:
         return copy.deepcopy(templates[key]).train()
 
+    ref_run = None
     for key, entry in entries.items():
         if entry.dropped:
             continue
@@ -376,7 +377,9 @@ def autotune(
         if time.perf_counter() > deadline:
             entry.status = "not measured (deviation): time budget"
             continue
-        entry.deviation = deviation(fresh("exact"), copy.deepcopy(entry.loss).train(), trajectory)
+        if ref_run is None:  # the exact loss's side, once for every candidate
+            ref_run = reference_run(fresh("exact"), trajectory)
+        entry.deviation = deviation(ref_run, copy.deepcopy(entry.loss).train(), trajectory)
         entry.summarise()
         why = entry.passes(max_loss_error, min_grad_cosine)
         if key in same_as:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +16,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..wrappers import BatchSampledLoss, IntervalLoss, LossWrapper, TiledLoss
 from .measure import training_step, uses_outside_torch
 
-__all__ = ["cosine", "cycle_deviation", "cycle_length", "deviation", "low_pass", "quantiles", "samples", "spearman"]
+__all__ = [
+    "ReferenceRun",
+    "cosine",
+    "cycle_deviation",
+    "cycle_length",
+    "deviation",
+    "low_pass",
+    "quantiles",
+    "reference_run",
+    "samples",
+    "spearman",
+]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -87,8 +99,8 @@ def cycle_length(loss: nn.Module, input: Tensor) -> int:
     return n
 
 
-def cycle_deviation(reference: nn.Module, candidate: nn.Module, input: Tensor, target: Tensor | None,
-                    steps: int | None = None) -> dict:
+def cycle_deviation(reference: nn.Module | None, candidate: nn.Module, input: Tensor, target: Tensor | None,
+                    steps: int | None = None, reference_step: tuple[float, Tensor] | None = None) -> dict:
     """What training sees from a stochastic or gated stack: a copy of ``candidate`` runs ``steps``
     training steps (default: :func:`cycle_length`) on the same ``input, target``; its values and input
     gradients, averaged over them, are compared with one step of ``reference``.
@@ -97,6 +109,8 @@ def cycle_deviation(reference: nn.Module, candidate: nn.Module, input: Tensor, t
     ``cycle_grad_norm_ratio`` (its norm over the reference's: 1 for an unbiased stack), ``cycle_value_bias``
     (mean value minus the reference's, relative to it) and ``step_grad_cosine`` (median and p5 of the
     single steps' cosines, what one step of the stack sees: low for tiles, by design).
+    ``reference_step``: the reference's ``(value, input gradient)`` on ``input, target`` where already
+    computed (then ``reference`` may be ``None``).
     """
     steps = cycle_length(candidate, input) if steps is None else steps
     candidate = copy.deepcopy(candidate)
@@ -109,7 +123,12 @@ def cycle_deviation(reference: nn.Module, candidate: nn.Module, input: Tensor, t
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         return float(value.detach().double().sum()), grad.double()
 
-    ref_value, ref_grad = grad_of(reference)
+    if reference_step is not None:
+        ref_value, ref_grad = float(reference_step[0]), reference_step[1].double()
+    elif reference is None:
+        raise TypeError("`cycle_deviation` needs a `reference` module or a `reference_step`, got neither")
+    else:
+        ref_value, ref_grad = grad_of(reference)
     values, acc, cosines = [], torch.zeros_like(ref_grad), []
     for _ in range(steps):
         value, grad = grad_of(candidate)
@@ -126,12 +145,64 @@ def cycle_deviation(reference: nn.Module, candidate: nn.Module, input: Tensor, t
         "step_grad_cosine": quantiles(cosines, {"median": 0.5, "p5": 0.05}),
     }
 
+@dataclass
+class ReferenceRun:
+    """The reference's side of :func:`deviation` over one trajectory, computed once by
+    :func:`reference_run` and shared by every candidate compared on it (a deterministic reference gives
+    the same figures as stepping a fresh copy beside each candidate, at half the cost).
+
+    ``steps``: the value and input gradient of each training step; ``flops``: torch FLOPs per step
+    (``None`` if not counted); ``outside_torch``: part of its work runs outside torch (FLOPs ``"n/a"``);
+    ``ladder_values``: its eval-mode values over the ladder (``None`` without one). Holds one gradient per
+    step: the size of the trajectory it was run on.
+    """
+
+    steps: list[tuple[Tensor, Tensor]]
+    flops: float | None
+    outside_torch: bool
+    ladder_values: list[float] | None
+
+
+def _counted(loss: nn.Module, x: Tensor, t: Tensor | None, count: bool) -> tuple[Tensor, Tensor, float]:
+    """One training step of ``loss`` and its torch FLOPs (0 when not counted)."""
+    if not count:
+        return (*training_step(loss, x, t), 0.0)
+    with FlopCounterMode(display=False) as counter:
+        value, grad = training_step(loss, x, t)
+    return value, grad, float(counter.get_total_flops())
+
+
+def reference_run(
+    reference: nn.Module,
+    trajectory: Sequence[tuple[Tensor, Tensor | None]],
+    ladder: tuple[Tensor, Sequence[Tensor]] | None = None,
+    count_flops: bool = False,
+) -> ReferenceRun:
+    """Step ``reference`` (in training mode, from where it is) through ``trajectory`` once and keep what
+    :func:`deviation` compares candidates with; pass the result as its ``reference``."""
+    outside = uses_outside_torch(reference)
+    count = count_flops and not outside
+    steps, total = [], 0.0
+    reference.train()
+    for x, t in trajectory:
+        value, grad, flops = _counted(reference, x, t, count)
+        steps.append((value, grad))
+        total += flops
+    ladder_values = None
+    if ladder is not None:
+        target, preds = ladder
+        reference.eval()
+        with torch.no_grad():
+            ladder_values = [float(reference(p, target)) for p in preds]
+    return ReferenceRun(steps, total / max(1, len(steps)) if count_flops else None, outside, ladder_values)
+
+
 def _stack_gain(loss: nn.Module) -> float:
     return loss.stack_gain() if isinstance(loss, LossWrapper) else 1.0
 
 
 def deviation(
-    reference: nn.Module,
+    reference: nn.Module | ReferenceRun,
     candidate: nn.Module,
     trajectory: Sequence[tuple[Tensor, Tensor | None]],
     ladder: tuple[Tensor, Sequence[Tensor]] | None = None,
@@ -149,6 +220,8 @@ def deviation(
     promises) and, with ``cycle``, the median and minimum over consecutive windows of ``cycle`` steps of
     the accumulated cosine. With ``ladder=(target, predictions)``: the Spearman correlation of the values
     (eval mode). With ``count_flops``: torch FLOPs per step of both (``"n/a"`` where work runs outside torch).
+    ``reference`` may be a :class:`ReferenceRun` of the same trajectory (and ladder, and ``count_flops``),
+    so that comparing many candidates steps the reference once.
 
     Returns a dict: ``computed_steps``, ``loss_rel_error`` (median, p95, max), ``grad_cosine`` (median, p5),
     ``lowpass_grad_cosine`` (median, p5), ``accumulated_grad_cosine``, and where asked ``cycle_grad_cosine``,
@@ -164,24 +237,29 @@ def deviation(
         >>> d["computed_steps"], d["loss_rel_error"]["max"], round(d["grad_cosine"]["median"], 6)
         (2, 0.0, 1.0)
     """
+    if isinstance(reference, ReferenceRun):
+        ref = reference
+        if len(ref.steps) != len(trajectory):
+            raise ValueError(f"`reference` is a ReferenceRun of {len(ref.steps)} steps, but `trajectory` has "
+                             f"{len(trajectory)}: run `reference_run` on the same trajectory")
+        if ladder is not None and ref.ladder_values is None:
+            raise ValueError("`ladder` was given but the `reference` ReferenceRun has no ladder values: pass the "
+                             "ladder to `reference_run` too")
+        if count_flops and ref.flops is None and not ref.outside_torch:
+            raise ValueError("`count_flops=True` but the `reference` ReferenceRun did not count FLOPs: pass "
+                             "`count_flops=True` to `reference_run` too")
+    else:
+        ref = reference_run(reference, trajectory, ladder, count_flops)
     values, cosines, lowpass, windows = [], [], [], []
     acc_ref = acc_cand = win_ref = win_cand = None
     computed = 0
-    flops = {"reference": 0.0, "candidate": 0.0}
-    outside_torch = uses_outside_torch(candidate) or uses_outside_torch(reference)
-
-    def step(which: str, loss: nn.Module, x, t):
-        if not count_flops or outside_torch:
-            return training_step(loss, x, t)
-        with FlopCounterMode(display=False) as counter:
-            out = training_step(loss, x, t)
-        flops[which] += counter.get_total_flops()
-        return out
-
-    for i, (x, t) in enumerate(trajectory):
+    outside_torch = uses_outside_torch(candidate) or ref.outside_torch
+    cand_flops = 0.0
+    candidate.train()
+    for i, ((x, t), (v_ref, g_ref)) in enumerate(zip(trajectory, ref.steps, strict=True)):
         gain = _stack_gain(candidate)
-        v_ref, g_ref = step("reference", reference, x, t)
-        v_cand, g_cand = step("candidate", candidate, x, t)
+        v_cand, g_cand, f = _counted(candidate, x, t, count_flops and not outside_torch)
+        cand_flops += f
         acc_ref = g_ref.clone() if acc_ref is None else acc_ref + g_ref
         acc_cand = g_cand.clone() if acc_cand is None else acc_cand + g_cand
         if cycle:
@@ -207,16 +285,16 @@ def deviation(
     if cycle:
         out["cycle_grad_cosine"] = quantiles(windows, {"median": 0.5, "min": 0.0})
     if trajectory and cycle_length(candidate, trajectory[0][0]) > 1:  # stochastic or gated: one whole cycle
-        out["cycle"] = {**cycle_deviation(reference, candidate, *trajectory[0]), "sampling": samples(candidate)}
+        first = ref.steps[0]
+        out["cycle"] = {**cycle_deviation(None, candidate, *trajectory[0], reference_step=(float(first[0]), first[1])),
+                        "sampling": samples(candidate)}
     if count_flops:
         n = max(1, len(trajectory))
-        out["_flops"] = ("n/a", "n/a") if outside_torch else (flops["reference"] / n, flops["candidate"] / n)
+        out["_flops"] = ("n/a", "n/a") if outside_torch else (ref.flops, cand_flops / n)
     if ladder is not None:
         target, preds = ladder
-        reference.eval()
         candidate.eval()
         with torch.no_grad():
-            ref_values = [float(reference(p, target)) for p in preds]
             cand_values = [float(candidate(p, target)) for p in preds]
-        out["ladder_spearman"] = spearman(ref_values, cand_values)
+        out["ladder_spearman"] = spearman(ref.ladder_values, cand_values)
     return out

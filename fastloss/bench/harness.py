@@ -23,7 +23,8 @@ Protocol (recorded in every report; the timing is :func:`fastloss.bench.protocol
   never before ``min_rounds``; the report says how many rounds ran.
 
 Deviation is measured in a separate, untimed pass over the same trajectory by
-:func:`fastloss.bench.deviation.deviation` (per-step value error and gradient cosines, the cosine of the
+:func:`fastloss.bench.deviation.deviation` (the reference stepped through it once, its values and
+gradients shared by every candidate; per-step value error and gradient cosines, the cosine of the
 gradients accumulated over the trajectory, and the Spearman correlation of values over the workload's
 degradation ladder). Torch FLOPs per step are counted in the same pass (``"n/a"`` where part of the work
 runs outside torch, e.g. PH on the CPU).
@@ -42,7 +43,7 @@ from torch import nn
 from .. import hardware
 from ..wrappers import CachedPH, LossWrapper
 from ..wrappers.base import describe_stack
-from .deviation import deviation
+from .deviation import deviation, reference_run
 from .measure import peak_memory, training_step
 from .protocol import time_trajectories
 from .results import CandidateResult, Report
@@ -186,12 +187,14 @@ def compare(
         if ladder:
             target, preds, _ = workload.ladder()
             ladder_data = (target.to(device), [p.to(device) for p in preds])
+        tick("reference: deviation pass")
+        ref_run = reference_run(fresh("reference"), trajectory, ladder_data, count_flops=flops)  # once for all
         for key, res in [*base_results.items(), *results.items()]:
             if res.dropped:
                 continue
             tick(f"{key}: deviation, memory, FLOPs")
             candidate = fresh(key)
-            res.deviation = deviation(fresh("reference"), candidate, trajectory, ladder_data, count_flops=flops)
+            res.deviation = deviation(ref_run, candidate, trajectory, ladder_data, count_flops=flops)
             ref_flops, res.flops_per_step = res.deviation.pop("_flops", (None, None))
             if ref.flops_per_step is None:
                 ref.flops_per_step = ref_flops
