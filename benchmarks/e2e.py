@@ -4,7 +4,8 @@ Runs ``examples/train_topology_segmentation.py``, ``examples/fit_image_perceptua
 ``examples/train_perceptual_restoration.py`` for every preset with the same seeds, then writes ``e2e.json`` and ``e2e.png`` (final quality vs wall time, one
 point per preset, error bars over seeds) and prints a table: loss-call time share, total time,
 quality metrics, and the difference from ``exact``. The goal reported against: ``balanced`` ends
-within 2% of ``exact`` on the task metric (Dice; PSNR; validation PSNR) at a fraction of the loss's time.
+within 2% of ``exact`` on the task metric (Dice; the fit's exact perceptual distance; validation PSNR) at a
+fraction of the loss's time ("vs exact" is signed so that negative is worse, whichever way the metric runs).
 The ``restoration`` task is the one where the perceptual term drives the result (a denoiser whose only
 pixel loss carries no information on the noise), so there ``none`` is the floor, not a peer.
 """
@@ -23,7 +24,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TASKS = {
     # task: (script, task metric, other metrics, the script's arguments that define the task)
     "topology": ("train_topology_segmentation.py", "dice", ("betti_error", "skeleton_recall"), ()),
-    "perceptual": ("fit_image_perceptual.py", "psnr", ("ssim", "exact_perceptual"), ()),
+    # one image fitted by a renderer (batch 1, as in a splatting run). Judged on the exact perceptual distance of
+    # the result, the thing the term is for: on PSNR `none` is as good as exact (better on every seed at 128 px,
+    # w 1.0: the term trades pixel fidelity for features), and at the example's 64 px, w 0.1 the seeds spread
+    # more than the term moves the distance (`none` beat exact on seed 0). At 128 px, w 1.0, `none` ends 22-28%
+    # farther than exact on every seed: the task can gate.
+    "perceptual": ("fit_image_perceptual.py", "exact_perceptual", ("psnr", "ssim"),
+                   ("--size", "128", "--perceptual-weight", "1.0")),
     "restoration": ("train_perceptual_restoration.py", "psnr", ("ssim", "exact_perceptual"), ()),
     # the same denoiser taught by VGG19's deep taps relu1_1..relu5_1 at 96 px, where a tile's border features
     # depend on a wide context (receptive field 156 px). Equal tap weights: with the default ones (1/32..1, most on
@@ -35,7 +42,14 @@ TASKS = {
                           "--size", "96", "--batch", "2", "--steps", "240")),
 }
 PERCEPTUAL_TASKS = ("perceptual", "restoration", "restoration-deep")
+LOWER_IS_BETTER = frozenset({"exact_perceptual", "betti_error"})
 GOAL = 0.02
+
+
+def _gain(value: float, ref: float, metric: str) -> float:
+    """``value``'s relative difference from ``ref``, signed so that negative is worse (either direction)."""
+    diff = (value - ref) / abs(ref) if ref else 0.0
+    return -diff if metric in LOWER_IS_BETTER else diff
 
 
 def load_example(script: str) -> ModuleType:
@@ -62,7 +76,7 @@ def summarise(runs: list[dict], task: str) -> dict[str, dict]:
         ref = summary["exact"]
         exact_loss_s = {r.get("seed"): r["loss_s"] for r in by_preset["exact"]}
         for preset, s in summary.items():
-            s["metric_rel_diff"] = (s[metric]["mean"] - ref[metric]["mean"]) / abs(ref[metric]["mean"])
+            s["metric_rel_diff"] = _gain(s[metric]["mean"], ref[metric]["mean"], metric)  # negative: worse
             s["loss_time_vs_exact"] = s["loss_s"]["mean"] / max(ref["loss_s"]["mean"], 1e-9)
             # per seed, against the exact run of the same seed (run next to it: robust to a machine's changing load)
             paired = [r["loss_s"] / exact_loss_s[r.get("seed")] for r in by_preset[preset]
@@ -70,9 +84,9 @@ def summarise(runs: list[dict], task: str) -> dict[str, dict]:
             if paired:
                 s["loss_time_ratio"] = _stats(paired)
             s["within_goal"] = abs(s["metric_rel_diff"]) <= GOAL
-        if "none" in summary:  # can the task gate at all? (every task metric is higher-is-better)
+        if "none" in summary:  # can the task gate at all?
             exact_metric = {r.get("seed"): r[metric] for r in by_preset["exact"]}
-            worse_every_seed = all(r[metric] < exact_metric[r.get("seed")] for r in by_preset["none"]
+            worse_every_seed = all(_gain(r[metric], exact_metric[r.get("seed")], metric) < 0 for r in by_preset["none"]
                                    if r.get("seed") in exact_metric)
             summary["none"]["clearly_worse"] = worse_every_seed and summary["none"]["metric_rel_diff"] < -GOAL
     return summary

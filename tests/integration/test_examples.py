@@ -146,6 +146,27 @@ def test_e2e_says_when_none_is_not_clearly_worse():
     assert close["none"]["clearly_worse"] is False
 
 
+def test_e2e_fit_task_gates_on_a_distance_where_lower_is_better():
+    assert e2e.TASKS["perceptual"][1] == "exact_perceptual" and "exact_perceptual" in e2e.LOWER_IS_BETTER
+
+    def run(preset, seed, distance):
+        return {"preset": preset, "seed": seed, "psnr": 30.0, "ssim": 0.9, "exact_perceptual": distance,
+                "total_s": 1.0, "loss_s": 0.5 if preset == "exact" else 0.0, "loss_share": 0.5}
+
+    runs = ([run("exact", s, 0.0075) for s in range(3)] + [run("none", s, 0.0093) for s in range(3)]
+            + [run("close", s, 0.0076) for s in range(3)] + [run("closer", s, 0.0070) for s in range(3)])
+    summary = e2e.summarise(runs, "perceptual")
+    # a larger distance is worse: negative "vs exact", and `none` is clearly worse on every seed
+    assert summary["none"]["metric_rel_diff"] == pytest.approx(-(0.0093 - 0.0075) / 0.0075)
+    assert summary["none"]["clearly_worse"] is True and summary["none"]["within_goal"] is False
+    assert summary["close"]["metric_rel_diff"] == pytest.approx(-0.1 / 7.5) and summary["close"]["within_goal"] is True
+    assert summary["closer"]["metric_rel_diff"] > 0
+    # a smaller distance than exact's on one seed: `none` cannot gate
+    mixed = e2e.summarise([run("exact", s, 0.0075) for s in range(3)]
+                          + [run("none", 0, 0.0070), run("none", 1, 0.0093), run("none", 2, 0.0093)], "perceptual")
+    assert mixed["none"]["clearly_worse"] is False
+
+
 def test_e2e_summary_and_outputs(tmp_path, capsys):
     code = e2e.main(["--tasks", "topology", "--presets", "exact", "none", "--seeds", "1", "--output", str(tmp_path),
                      "--topology-args", " ".join(TINY_TOPOLOGY)])
