@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=None, help="cap the trajectory length (epochs x batches)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads during timing")
-    parser.add_argument("--budget", type=float, default=420.0,
-                        help="seconds for the whole suite: later workloads run fewer rounds (never below 3) to fit")
+    parser.add_argument("--budget", type=float, default=300.0,
+                        help="seconds for the whole suite, deviation passes included: each workload gets an equal "
+                             "share of what is left and runs fewer timing rounds to fit it (never below 3)")
     parser.add_argument("--drop-factor", type=float, default=5.0,
                         help="skip a candidate whose first timed step is this many times slower than the reference")
     args = parser.parse_args(argv)
@@ -58,18 +59,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps is not None:
                 wl.epochs = max(1, min(wl.epochs, args.steps // max(1, wl.steps // wl.epochs)))
             loss = case.make_loss()
-            # an equal share of what is left; timing gets about half of a workload's time
+            job_started = time.perf_counter()
+            # an equal share of what is left, for the workload's timing and deviation passes together
             left = args.budget - (time.perf_counter() - started)
-            share = max(1.0, 0.5 * left / (len(jobs) - i))
+            share = max(1.0, left / (len(jobs) - i))
             report = compare(loss, candidates(loss, wl.steps), wl, device=args.device, threads=args.threads,
                              rounds=args.rounds, name=case.name, baselines=case.make_baselines(),
                              drop_factor=args.drop_factor, time_budget=share,
                              progress=lambda msg, key=key: bar.set_postfix_str(f"{key}: {msg}"[:60]))
             reports.append(report)
+            took = (f"({key} on {wl.name}: {time.perf_counter() - job_started:.0f} s of a {share:.0f} s share, "
+                    f"{report.rounds} timing rounds)")
             if bar_ok:
-                tqdm.write(markdown_table(report) + "\n", file=sys.stdout)
+                tqdm.write(markdown_table(report) + "\n" + took + "\n", file=sys.stdout)
             else:
-                print(markdown_table(report) + "\n", flush=True)
+                print(markdown_table(report) + "\n" + took + "\n", flush=True)
             plot(report, out / f"{key}-{wl.name}.png")
             bar.update()
     path = write_json(reports, out / "results.json", notes=[WEIGHTS_NOTE])

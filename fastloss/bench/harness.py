@@ -19,8 +19,11 @@ Protocol (recorded in every report; the timing is :func:`fastloss.bench.protocol
   :mod:`fastloss.hardware`) is dropped before it runs; one whose first timed step is more than
   ``drop_factor`` times the reference's slowest step (over its first round) is dropped after that step. Both are reported with the reason
   (and the measured ratio), never silently omitted;
-- ``time_budget`` (seconds, optional): timing rounds stop early once another round would not fit, but
-  never before ``min_rounds``; the report says how many rounds ran.
+- ``time_budget`` (seconds, optional): the whole call's budget, the untimed deviation passes included.
+  From round ``min_rounds`` on, timing stops once another round plus what comes after it would not fit
+  (predicted from the last round: the deviation, ladder and memory passes cost about
+  ``AFTER_TIMING_ROUNDS`` rounds, measured on the default suite); ``min_rounds`` rounds always run, so a
+  budget below their cost is overrun, never cut short of a spread. The report says how many rounds ran.
 
 Deviation is measured in a separate, untimed pass over the same trajectory by
 :func:`fastloss.bench.deviation.deviation` (the reference stepped through it once, its values and
@@ -49,7 +52,12 @@ from .protocol import time_trajectories
 from .results import CandidateResult, Report
 from .workloads import Workload
 
-__all__ = ["CandidateResult", "Report", "compare", "emulated_reason", "materialised"]
+__all__ = ["AFTER_TIMING_ROUNDS", "CandidateResult", "Report", "compare", "emulated_reason", "materialised"]
+
+# What the passes after timing (deviation with FLOPs and the ladder, the cycles of sampling stacks, peak
+# memory) cost, in timing rounds: 2.2 (LPIPS) to 3.0 (VGG19) on the default suite's perceptual cases (AMD
+# EPYC Zen 4, 2 cores), where they are the largest share; the topology cases need less.
+AFTER_TIMING_ROUNDS = 3.0
 
 
 def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
@@ -114,6 +122,8 @@ def compare(
             speedup is also reported against each.
         drop_factor: drop a candidate whose first timed step is this many times the reference's mean
             step (``None``: never).
+        time_budget: seconds for the whole call, deviation included (see the module docstring); ``None``:
+            ``rounds`` rounds. min_rounds: rounds that run whatever the budget.
 
     Returns:
         :class:`~fastloss.bench.Report` (render it with :func:`~fastloss.bench.markdown_table`,
@@ -162,10 +172,18 @@ def compare(
             reason = emulated_reason(templates[key], device)
             if reason is not None:
                 results[key].status = f"dropped: {reason} (typically tens of times slower; not run)"
+        deadline = None if time_budget is None else started + time_budget
+
+        def out_of_time(timings: dict) -> bool:  # one more round and the passes after timing would not fit
+            if deadline is None:
+                return False
+            last = sum(t.rounds[-1] for t in timings.values() if t.rounds and t.rounds[-1] is not None)
+            return time.perf_counter() + (1 + AFTER_TIMING_ROUNDS) * last * len(trajectory) > deadline
+
         timings = time_trajectories(
             {k: m for k, m in templates.items() if not results[k].dropped}, trajectory, "reference", rounds,
             device=device, drop_factor=drop_factor, droppable=list(candidates), min_rounds=min_rounds,
-            deadline=None if time_budget is None else started + time_budget, progress=tick,
+            deadline=deadline, progress=tick, stop=out_of_time,
         )
         for key, timing in timings.items():
             res = results[key]

@@ -1,5 +1,6 @@
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from fakes import Sleepy, spying_sleepy
 import fastloss
 from benchmarks import compare as compare_cli
 from fastloss import IntervalLoss
-from fastloss.bench import compare, markdown_table, plot, to_json, workloads
+from fastloss.bench import compare, harness, markdown_table, plot, to_json, workloads
 from fastloss.bench.deviation import cosine, spearman
 from fastloss.bench.regression import compare_results
 
@@ -221,6 +222,20 @@ class TestEarlyDrop:
         report = compare(Sleepy(0.01), {"same": Sleepy(0.01)}, wl, rounds=10, time_budget=0.05, min_rounds=3, drop_factor=None,
                          ladder=False, flops=False)
         assert report.rounds == 3 and len(report.candidates["same"].speedups) == 3
+
+    def test_time_budget_leaves_room_for_the_passes_after_timing(self, monkeypatch):
+        # a round of both entries over 2 steps sleeps 0.08 s: a 1.2 s budget fits about 14 rounds without a
+        # reserve for what follows timing, about 7 with a reserve of 6 rounds; never fewer than min_rounds
+        wl = workloads.perceptual_workload(size=16, batch=1, samples=2, epochs=1)
+        rounds = {}
+        for reserve in (0.0, 6.0):
+            monkeypatch.setattr(harness, "AFTER_TIMING_ROUNDS", reserve)
+            started = time.perf_counter()
+            report = compare(Sleepy(0.02), {"same": Sleepy(0.02)}, wl, rounds=40, time_budget=1.2, min_rounds=3,
+                             drop_factor=None, ladder=False, flops=False)
+            rounds[reserve] = report.rounds
+            assert time.perf_counter() - started < 1.2 + 1.0  # the whole call about within its budget (CI slack)
+        assert 3 <= rounds[6.0] < rounds[0.0] < 40, rounds
 
     def test_machine_is_named_and_compared(self, tiny_report, tmp_path, capsys):
         data = to_json([tiny_report])
