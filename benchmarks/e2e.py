@@ -48,8 +48,9 @@ GOAL = 0.02
 
 def _gain(value: float, ref: float, metric: str) -> float:
     """``value``'s relative difference from ``ref``, signed so that negative is worse (either direction)."""
-    diff = (value - ref) / abs(ref) if ref else 0.0
-    return -diff if metric in LOWER_IS_BETTER else diff
+    if not ref:
+        return 0.0
+    return (ref - value) / abs(ref) if metric in LOWER_IS_BETTER else (value - ref) / abs(ref)
 
 
 def load_example(script: str) -> ModuleType:
