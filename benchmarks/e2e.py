@@ -174,7 +174,14 @@ CANDIDATES = {
     "batch-quarter": ("BatchSampledLoss(k=B/4) o balanced", lambda b: _batch(b, 0.25)),
     "tiled2-batch-half": ("TiledLoss(2x2) o BatchSampledLoss(k=B/2) o balanced",
                           lambda b: _tiled(_batch(b, 0.5), tiles=2, margin=0)),
+    "down2": ("DownsampledLoss(2) o balanced (the whole image at half resolution)", lambda b: _down(b, 2)),
 }
+
+
+def _down(balanced, factor):
+    import fastloss
+
+    return fastloss.DownsampledLoss(balanced, factor)
 
 
 def _tiled(balanced, tiles, margin="auto", per_sample=False):
