@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit
+from ._jit import njit, prefetch
 from .unionfind import find
 
 # the reduced columns kept for reuse: at most this many entries per voxel (bounded memory; the pool's
@@ -49,6 +49,9 @@ from .unionfind import find
 # voxel the T-construction's cache filled at 64^3 and the rest re-added boundaries (2.3x the entries).
 CACHE_PER_VOXEL = 4
 IMAGE_CACHE_PER_VOXEL = 8
+# the Kruskal passes prefetch the neighbourhood of the voxel this many steps ahead (its place in the grid is
+# known from porder long before; a mispredicted branch would otherwise stall on each miss in turn)
+AHEAD = 12
 
 
 @njit
@@ -225,6 +228,14 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
     m = 0
     for step in range(n):
         k = step if increasing else n - 1 - step
+        if step + AHEAD < n:
+            q = porder[k + AHEAD if increasing else k - AHEAD]
+            prefetch(rank, q)
+            prefetch(rank, q + sb)
+            prefetch(rank, q - sb)
+            prefetch(rank, q + sa)
+            prefetch(rank, q - sa)
+            prefetch(paired, q)
         p = porder[k]
         parent[k] = k
         root = k
@@ -278,6 +289,11 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     m = 0
     for step in range(n):
         k = step if increasing else n - 1 - step
+        if step + AHEAD < n:  # the cubes and squares around that voxel: 4 lines each
+            q = porder[k + AHEAD if increasing else k - AHEAD]
+            for d in (0, sb, sa, sa + sb):
+                prefetch(node, q - d)
+                prefetch(paired, q - d)
         p = porder[k]
         places = smap[k]
         for t in range(12):
