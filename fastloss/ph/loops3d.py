@@ -457,6 +457,26 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit
+def _id_bits(size: int, big: int) -> int:
+    """How far the reductions shift a key to pack a cell id (``< 3 size``) below it in one int64: heap and
+    cache entries ``key << bits | id``, ordered as their keys (a key names one cell), so a pivot's row needs
+    no lookup. 0 (keys alone, ids looked up by :func:`_row_id`) where they would not fit (beyond 2^27 voxels)."""
+    bits = 1
+    while (1 << bits) < 3 * size:
+        bits += 1
+    return bits if bits + 1 + _bit_length(big) <= 62 else 0
+
+
+@njit
+def _bit_length(x: int) -> int:
+    b = 0
+    while x > 0:
+        b += 1
+        x >>= 1
+    return b
+
+
+@njit
 def _new_cache(size: int, n: int, per_voxel: int):
     """The bounded cache of reduced columns of :func:`_reduce_column`: ``(pool, start, counts)``, the
     slots' entries back to back (at most ``per_voxel`` a voxel; slot ``s`` is
@@ -474,28 +494,29 @@ def _new_cache(size: int, n: int, per_voxel: int):
 def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size: int, st: np.ndarray,
                    ekey: np.ndarray, skey: np.ndarray, paired: np.ndarray, rporder: np.ndarray, rmap: np.ndarray,
                    own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, pool: np.ndarray,
-                   start: np.ndarray, counts: np.ndarray):
+                   start: np.ndarray, counts: np.ndarray, sh: int):
     """Reduce column ``cid`` (its neighbours by :func:`_around` over ``ekey, skey, paired``; rows found by
     :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner (``own``:
     per row its owner column, -1 none, ``-2 - slot`` a cached one), add the owner's reduced column where
     the cache (:func:`_new_cache`) holds it, else the owner's own neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
     Makes ``cid`` its pivot's owner and, when it needed additions and the cache has room, keeps its
     reduced column (cancelled, sorted). Returns ``(row key, row id, heap)``; ``(-1, -1, heap)`` when the
-    column reduces to zero."""
-    off, sgn = (big, -1) if flip else (0, 1)  # heap entries off + sgn * key
+    column reduces to zero. ``sh``: :func:`_id_bits` (entries carry their row ids; 0: looked up)."""
+    off, sgn = (big, -1) if flip else (0, 1)  # heap entries (off + sgn * key) << sh | id
+    mask = (np.int64(1) << sh) - 1
     q_t = cid // size
     r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
     hsize = 0
     for t in range(r):
-        _heap_push(heap, hsize, off + sgn * keys[t])
+        _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
         hsize += 1
     added = 0
     while True:
         piv, hsize = _pivot(heap, hsize)
         if piv < 0:
             return -1, -1, heap
-        row_key = off + sgn * piv
-        rid = _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
+        row_key = off + sgn * (piv >> sh)
+        rid = piv & mask if sh > 0 else _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
         j = own[rid]
         if j == -1:
             own[rid] = cid
@@ -526,7 +547,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
             c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
             heap = _grow(heap, hsize + c)
             for t in range(c):
-                _heap_push(heap, hsize, off + sgn * keys[t])
+                _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
                 hsize += 1
             counts[1] += c
 
@@ -549,6 +570,8 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     big = np.int64(n) * 16
     cmap = eranked if columns_are_edges else sranked
     rmap = sranked if columns_are_edges else eranked
+    sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
+    mask = (np.int64(1) << sh) - 1
     own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -650,7 +673,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 else:
                     if nh == hard.size:
                         hard = _grow(hard, nh + 1)
-                    hard[nh] = key
+                    hard[nh] = (key << sh) | (cid & mask)
                     nh += 1
                 continue
             # the pivot lies elsewhere: look the rows up
@@ -683,7 +706,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
             else:
                 if nh == hard.size:
                     hard = _grow(hard, nh + 1)
-                hard[nh] = key
+                hard[nh] = (key << sh) | (cid & mask)
                 nh += 1
     # the rest: reduction in decreasing column order
     hard = np.sort(hard[:nh])
@@ -691,10 +714,10 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     heap = np.empty(64, np.int64)
     unreduced = 0
     for h in range(nh - 1, -1, -1):
-        key = hard[h]
-        cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+        key = hard[h] >> sh
+        cid = hard[h] & mask if sh > 0 else _row_id(key, columns_are_edges, porder, cmap, size, st)
         piv, _, heap = _reduce_column(cid, columns_are_edges, False, big, size, st, ekey, skey, paired, porder, rmap,
-                                      own, heap, ids, keys, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts, sh)
         if piv < 0:
             unreduced += 1
             continue
@@ -825,6 +848,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     keys2 = np.empty(4, np.int64)
     hard = np.empty(1024, np.int64)
     nh = 0
+    sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
+    mask = (np.int64(1) << sh) - 1
     shift = 3 if squares else 0  # C's dual-forest bits for the 2-cells
     for typ in range(3):
         for q in range(size):
@@ -854,20 +879,20 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             else:
                 if nh == hard.size:
                     hard = _grow(hard, nh + 1)
-                hard[nh] = key
+                hard[nh] = (key << sh) | (cid & mask)
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
     pool, start, counts = _new_cache(size, n, IMAGE_CACHE_PER_VOXEL)
     e1, e2 = (x_keys1, c_keys2) if squares else (c_keys2, x_keys1)  # _around's edge and square keys
     for h in range(nh):
-        cid = _row_id(hard[h], not squares, c_porder, c_places2, size, st)
+        cid = hard[h] & mask if sh > 0 else _row_id(hard[h] >> sh, not squares, c_porder, c_places2, size, st)
         first = out[cid]
         if first >= 0 and own[first] == -1:  # its pivot is still free: final as it is (most of a binary target's)
             own[first] = cid
             continue
         _, rid, heap = _reduce_column(cid, not squares, True, big, size, st, e1, e2, x_paired, x_porder, x_places1,
-                                      own, heap, ids, keys, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts, sh)
         if rid >= 0:  # always: C's non-forest 2-cells never reduce to zero
             out[cid] = rid
     return out
