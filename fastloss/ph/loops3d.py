@@ -509,6 +509,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
     hsize = 0
     for t in range(r):
         _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
+        prefetch(own, ids[t])  # each entry may become the pivot, whose owner is looked up next
         hsize += 1
     added = 0
     while True:
@@ -540,6 +541,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
             heap = _grow(heap, hsize + b - a)
             for t in range(a, b):
                 _heap_push(heap, hsize, pool[t])
+                prefetch(own, pool[t] & mask)
                 hsize += 1
             counts[1] += b - a
         else:
@@ -548,6 +550,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
             heap = _grow(heap, hsize + c)
             for t in range(c):
                 _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
+                prefetch(own, ids[t])
                 hsize += 1
             counts[1] += c
 
