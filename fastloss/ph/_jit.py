@@ -75,11 +75,38 @@ def _prefetch_intrinsic():
     return prefetch
 
 
+def _cttz_intrinsic():
+    """``lowest_bit(x)``: the index of the lowest set bit of a non-zero int64 (``llvm.cttz``, one instruction)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def lowest_bit(typingctx, x):
+        sig = types.int64(types.int64)
+
+        def codegen(context, builder, signature, args):
+            i64 = ir.IntType(64)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]),
+                                                "llvm.cttz.i64")
+            return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+        return sig, codegen
+
+    return lowest_bit
+
+
+def _lowest_bit(x: int) -> int:
+    return (x & -x).bit_length() - 1
+
+
 def _no_prefetch(arr, idx) -> None:
     """Without numba: nothing to hint (the kernels do not run as plain Python in practice)."""
 
 
 prefetch = _prefetch_intrinsic() if numba is not None else _no_prefetch
+lowest_bit = _cttz_intrinsic() if numba is not None else _lowest_bit
 
 
 def require_numba() -> None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit, prefetch
+from ._jit import lowest_bit, njit, prefetch
 from .unionfind import find
 
 # the reduced columns kept for reuse: at most this many entries per voxel (bounded memory; the pool's
@@ -75,7 +75,7 @@ def _others(o: int) -> tuple[int, int]:
 
 @njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
-              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool) -> None:
+              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool, lean: bool = False) -> None:
     """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
 
     A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
@@ -90,11 +90,15 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     for cells of equal value (so that Betti matching reproduces it).
     ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
     edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
+    ``lean``: no edge keys (``ekey`` is not touched) and the square keys of normal axis 0 only (``skey`` of
+    size ``P``, what the cube keys need); :func:`_edge_key`/:func:`_square_key` recompute any other key from
+    the ranks and places where the reduction needs one (the diagram path: a few per hard column).
     """
     size = rank.size
     st = _strides(sa, sb)
     big = n * 16
-    ekey[:] = big
+    if not lean:
+        ekey[:] = big
     skey[:] = big
     sort_key = np.empty(12, np.int64)
     geo = np.empty(12, np.int64)
@@ -132,7 +136,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         for j in range(c):
             g = geo[j]
             a = g >> 1
-            ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
+            if not lean:
+                ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
             m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         emap[p] = m
         # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
@@ -178,7 +183,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             g = geo[j]
             o = g >> 2
             u, w = _others(o)
-            skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
+            if not lean or o == 0:
+                skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
             mm = (mm & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         smap[p] = mm
     s = st[0]
@@ -197,16 +203,17 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
 
 
-def new_keys(fl, use_min: bool, by_index: bool = False):
+def new_keys(fl, use_min: bool, by_index: bool = False, lean: bool = False):
     """Allocate and fill :func:`cell_keys`' arrays for a :class:`~fastloss.ph.sort.Filtration`:
-    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits."""
+    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits. ``lean``: ``ekey`` empty and
+    ``skey`` the axis-0 squares' only (see :func:`cell_keys`)."""
     _, h, w = fl.shape
     n, size = fl.porder.size, fl.rank.size
     kt = np.int32 if 16 * n < np.iinfo(np.int32).max else np.int64
-    ekey, skey = np.empty(3 * size, kt), np.empty(3 * size, kt)
+    ekey, skey = np.empty(0 if lean else 3 * size, kt), np.empty(size if lean else 3 * size, kt)
     ckey = np.empty(size, kt)
     emap, smap = np.empty(size, np.int64), np.empty(size, np.int64)
-    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index)
+    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index, lean)
     return ekey, skey, ckey, emap, smap
 
 
@@ -339,12 +346,73 @@ def _root(node: np.ndarray, x: int) -> int:
         x = g
 
 
+ONES = 0x1111111111111111  # one in every nibble
+
+
+@njit(inline=True)
+def _place_of(places: int, g: int) -> int:
+    """The place (nibble) holding geometric index ``g`` (< 15, present) in a voxel's places, without a loop:
+    the lowest zero nibble of ``places ^ g * ONES`` (a borrow only runs upward from a zero nibble)."""
+    x = places ^ (g * ONES)
+    t = (x - ONES) & ~x & (ONES << 3)
+    return lowest_bit(t) >> 2
+
+
+@njit
+def _edge_key(q: int, a: int, size: int, st: np.ndarray, rank: np.ndarray, emap: np.ndarray, n: int,
+              use_min: bool) -> int:
+    """:func:`cell_keys`' key of edge ``(q, a)`` from the ranks and the places (``emap`` in grid order): its
+    critical voxel is the higher corner ("V": both voxels) or the lower voxel corner ("T"); ``16 n`` when
+    the edge is not in the complex."""
+    q2 = q + st[a]
+    big = np.int64(n) * 16
+    if q < 0 or q2 >= size:
+        return big
+    prefetch(emap, q)  # the places of either corner: loaded while the ranks decide
+    prefetch(emap, q2)
+    x1 = np.int64(rank[q]) << 1  # rank << 1 | corner: the extreme one without branches
+    x2 = (np.int64(rank[q2]) << 1) | 1
+    x = min(x1, x2) if use_min else max(x1, x2)
+    k = x >> 1
+    if k >= n:  # "V": a padding corner; "T": no voxel corner
+        return big
+    return k * 16 + _place_of(emap[q + (x & 1) * st[a]], 2 * a + (x & 1))
+
+
+@njit
+def _square_key(q: int, o: int, size: int, st: np.ndarray, rank: np.ndarray, smap: np.ndarray, n: int,
+                use_min: bool) -> int:
+    """:func:`cell_keys`' key of square ``(q, o)`` (as :func:`_edge_key`: the highest corner, all four voxels,
+    or the lowest voxel corner)."""
+    u, w = _others(o)
+    big = np.int64(n) * 16
+    su, sw = st[u], st[w]
+    if q < 0 or q + su + sw >= size:
+        return big
+    for c in range(4):
+        prefetch(smap, q + (c >> 1) * su + (c & 1) * sw)
+    x0 = np.int64(rank[q]) << 2  # rank << 2 | corner (2 i + j: base + i S[u] + j S[w])
+    x1 = (np.int64(rank[q + sw]) << 2) | 1
+    x2 = (np.int64(rank[q + su]) << 2) | 2
+    x3 = (np.int64(rank[q + su + sw]) << 2) | 3
+    x = min(min(x0, x1), min(x2, x3)) if use_min else max(max(x0, x1), max(x2, x3))
+    k = x >> 2
+    if k >= n:
+        return big
+    c = x & 3
+    return k * 16 + _place_of(smap[q + (c >> 1) * su + (c & 1) * sw], 4 * o + c)
+
+
 @njit(inline=True)
 def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
-            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray) -> int:
+            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray, lean: bool, rank: np.ndarray,
+            emap: np.ndarray, smap: np.ndarray, use_min: bool) -> int:
     """The unpaired neighbours of a cell: the squares containing edge ``(q, typ)`` (``of_edge``) or the
-    edges of square ``(q, typ)``; writes their ids and keys, returns how many."""
+    edges of square ``(q, typ)``; writes their ids and keys, returns how many. ``lean``: keys recomputed
+    (:func:`_edge_key`, :func:`_square_key` over ``rank, emap, smap`` in grid order, ``use_min``: "T")
+    instead of read from ``ekey, skey``."""
     m = 0
+    n = big >> 4
     if of_edge:
         a = typ
         for b in range(3):
@@ -355,7 +423,12 @@ def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np
                 base = q - h * st[b]
                 if base < 0:
                     continue
-                key = skey[o * size + base]
+                if lean:
+                    if (paired[base] >> (3 + o)) & 1:
+                        continue
+                    key = _square_key(base, o, size, st, rank, smap, n, use_min)
+                else:
+                    key = skey[o * size + base]
                 if key >= big or (paired[base] >> (3 + o)) & 1:
                     continue
                 ids[m] = o * size + base
@@ -373,7 +446,12 @@ def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np
             base = q + (h - 2) * st[u]
         if base >= size:
             continue
-        key = ekey[a * size + base]
+        if lean:
+            if (paired[base] >> a) & 1:
+                continue
+            key = _edge_key(base, a, size, st, rank, emap, n, use_min)
+        else:
+            key = ekey[a * size + base]
         if key >= big or (paired[base] >> a) & 1:
             continue
         ids[m] = a * size + base
@@ -494,18 +572,21 @@ def _new_cache(size: int, n: int, per_voxel: int):
 def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size: int, st: np.ndarray,
                    ekey: np.ndarray, skey: np.ndarray, paired: np.ndarray, rporder: np.ndarray, rmap: np.ndarray,
                    own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, pool: np.ndarray,
-                   start: np.ndarray, counts: np.ndarray, sh: int):
+                   start: np.ndarray, counts: np.ndarray, sh: int, lean: bool, rank: np.ndarray, emap: np.ndarray,
+                   smap: np.ndarray, use_min: bool):
     """Reduce column ``cid`` (its neighbours by :func:`_around` over ``ekey, skey, paired``; rows found by
     :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner (``own``:
     per row its owner column, -1 none, ``-2 - slot`` a cached one), add the owner's reduced column where
     the cache (:func:`_new_cache`) holds it, else the owner's own neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
     Makes ``cid`` its pivot's owner and, when it needed additions and the cache has room, keeps its
     reduced column (cancelled, sorted). Returns ``(row key, row id, heap)``; ``(-1, -1, heap)`` when the
-    column reduces to zero. ``sh``: :func:`_id_bits` (entries carry their row ids; 0: looked up)."""
+    column reduces to zero. ``sh``: :func:`_id_bits` (entries carry their row ids; 0: looked up). ``lean``
+    and the rest: :func:`_around`'s."""
     off, sgn = (big, -1) if flip else (0, 1)  # heap entries (off + sgn * key) << sh | id
     mask = (np.int64(1) << sh) - 1
     q_t = cid // size
-    r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+    r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank,
+                emap, smap, use_min)
     hsize = 0
     for t in range(r):
         _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
@@ -546,7 +627,8 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
             counts[1] += b - a
         else:
             jt = j // size
-            c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean,
+                        rank, emap, smap, use_min)
             heap = _grow(heap, hsize + c)
             for t in range(c):
                 _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
@@ -558,7 +640,7 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
 @njit
 def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
           emap: np.ndarray, smap: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray, sa: int,
-          sb: int, columns_are_edges: bool):
+          sb: int, columns_are_edges: bool, lean: bool = False):
     """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
     the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
     columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
@@ -566,7 +648,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
     (columns V-squares, rows their V-edges). ``emap``/``smap``: the places as :func:`cell_keys` writes
     them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
-    by key)."""
+    by key). ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
@@ -575,6 +657,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     rmap = sranked if columns_are_edges else eranked
     sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
     mask = (np.int64(1) << sh) - 1
+    use_min = not columns_are_edges  # "T"
     own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -683,7 +766,8 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
             cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
             typ = cid // size
             q = cid - typ * size
-            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank, emap, smap,
+                        use_min)
             best = 0
             for t in range(1, r):
                 if keys[t] < keys[best]:
@@ -692,7 +776,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
             if apparent:
                 rt = ids[best] // size
                 c = _around(ids[best] - rt * size, rt, not columns_are_edges, size, st, ekey, skey, paired, big,
-                            ids2, keys2)
+                            ids2, keys2, lean, rank, emap, smap, use_min)
                 for t in range(c):
                     if keys2[t] > key:
                         apparent = False
@@ -720,7 +804,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
         key = hard[h] >> sh
         cid = hard[h] & mask if sh > 0 else _row_id(key, columns_are_edges, porder, cmap, size, st)
         piv, _, heap = _reduce_column(cid, columns_are_edges, False, big, size, st, ekey, skey, paired, porder, rmap,
-                                      own, heap, ids, keys, pool, start, counts, sh)
+                                      own, heap, ids, keys, pool, start, counts, sh, lean, rank, emap, smap, use_min)
         if piv < 0:
             unreduced += 1
             continue
@@ -781,17 +865,20 @@ def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: n
         two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired)
     return zero, two
 
-def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
+def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
-    (``by_index``: see :func:`cell_keys`)."""
+    (``by_index``: see :func:`cell_keys`). ``lean``: without the edge and square key arrays (``ekey`` and
+    ``skey`` are None; the pairs are the same): what :func:`pairs` needs, not the image reductions."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     t = construction == "T"
-    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
+    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index, lean)
     paired = np.zeros(fl.rank.size, np.uint8)
     er, sr = by_rank(emap, smap, fl.porder)
     zero, two = forests(fl, t, ckey, er, sr, paired)
-    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t, lean)
+    if lean:
+        ekey = skey = None
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
     c = Complex()
@@ -805,7 +892,7 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
     :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
     (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
-    c = complex_of(fl, construction)
+    c = complex_of(fl, construction, lean=True)
     b, d = c.dims[1]
     return {0: c.dims[0], 1: ((b >> 4).astype(np.int32), (d >> 4).astype(np.int32)), 2: c.dims[2]}
 
@@ -861,7 +948,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             if key >= big or (c_paired[q] >> (shift + typ)) & 1:
                 continue
             r = _around(q, typ, not squares, size, st, x_keys1 if squares else c_keys2,
-                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys, False, c_porder, c_places2,
+                        c_places2, False)
             best = -1
             for t in range(r):
                 if best < 0 or keys[t] > keys[best]:
@@ -870,7 +958,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             if apparent:
                 rt = ids[best] // size
                 c = _around(ids[best] - rt * size, rt, squares, size, st, c_keys1 if squares else c_keys2,
-                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2)
+                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2, False, c_porder, c_places2,
+                            c_places2, False)
                 for t in range(c):
                     if keys2[t] < key:
                         apparent = False
@@ -895,7 +984,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             own[first] = cid
             continue
         _, rid, heap = _reduce_column(cid, not squares, True, big, size, st, e1, e2, x_paired, x_porder, x_places1,
-                                      own, heap, ids, keys, pool, start, counts, sh)
+                                      own, heap, ids, keys, pool, start, counts, sh, False, c_porder, c_places2,
+                                      c_places2, False)
         if rid >= 0:  # always: C's non-forest 2-cells never reduce to zero
             out[cid] = rid
     return out
