@@ -219,13 +219,14 @@ def new_keys(fl, use_min: bool, by_index: bool = False, lean: bool = False):
 
 @njit
 def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: np.ndarray, sa: int, sb: int,
-                 increasing: bool, paired: np.ndarray):
+                 increasing: bool, paired: np.ndarray, grid: bool = False):
     """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
     whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
     it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. ``emap``: its
     places by rank (``emap[porder]``: read in filtration order, the loads are sequential). Sets bit ``a``
     of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
-    of non-zero persistence."""
+    of non-zero persistence. ``grid``: ``emap`` in grid order instead (read at ``porder[k]``, prefetched
+    with the neighbourhood)."""
     n = porder.size
     st = _strides(sa, sb)
     parent = np.empty(n + 1, np.int32)
@@ -243,10 +244,12 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
             prefetch(rank, q + sa)
             prefetch(rank, q - sa)
             prefetch(paired, q)
+            if grid:
+                prefetch(emap, q)
         p = porder[k]
         parent[k] = k
         root = k
-        places = emap[k]
+        places = emap[p] if grid else emap[k]
         for t in range(6):
             g = (places >> (4 * (t if increasing else 5 - t))) & 15
             if g == 15:
@@ -275,12 +278,12 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
 
 @njit
 def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: np.ndarray, sa: int, sb: int,
-                increasing: bool, paired: np.ndarray):
+                increasing: bool, paired: np.ndarray, grid: bool = False):
     """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
     (decreasing; a cube outside the complex is the outside node, the eldest), squares in
     :func:`cell_keys`' order, ``smap`` by rank (``smap[porder]``). Sets bit ``3 + o`` of ``paired[q]`` for
     every forest square ``(q, o)``;
-    returns the pairs of non-zero persistence."""
+    returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid order (as :func:`voxel_forest`)."""
     n = porder.size
     size = ckey.size
     st = _strides(sa, sb)
@@ -301,8 +304,10 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
             for d in (0, sb, sa, sa + sb):
                 prefetch(node, q - d)
                 prefetch(paired, q - d)
+            if grid:
+                prefetch(smap, q)
         p = porder[k]
-        places = smap[k]
+        places = smap[p] if grid else smap[k]
         for t in range(12):
             g = (places >> (4 * (t if increasing else 11 - t))) & 15
             if g == 15:
@@ -648,7 +653,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
     (columns V-squares, rows their V-edges). ``emap``/``smap``: the places as :func:`cell_keys` writes
     them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
-    by key). ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
+    by key, only where ids do not fit beside keys: :func:`_id_bits`). ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
@@ -763,7 +768,15 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                     nh += 1
                 continue
             # the pivot lies elsewhere: look the rows up
-            cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+            if columns_are_edges:  # the column's id from its geometric index at p (what _row_id gives)
+                g = eg[l]
+                a = g >> 1
+                cid = a * size + p - (g & 1) * st[a]
+            else:
+                g = sg[l]
+                o = g >> 2
+                u, w = _others(o)
+                cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
             typ = cid // size
             q = cid - typ * size
             r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank, emap, smap,
@@ -850,19 +863,21 @@ def by_rank(emap: np.ndarray, smap: np.ndarray, porder: np.ndarray) -> tuple[np.
     return er, sr
 
 
-def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray):
+def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray,
+            grid: bool = False):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
     the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
     Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
-    would wait on ``porder``)."""
+    would wait on ``porder``). ``grid``: the places in grid order instead (no gathered copy; the passes
+    prefetch them ahead)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     if use_min:
-        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired)
-        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired)
+        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired, grid)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired, grid)
     else:
-        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired)
-        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired)
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired, grid)
+        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired, grid)
     return zero, two
 
 def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
@@ -874,11 +889,16 @@ def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False
     t = construction == "T"
     ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index, lean)
     paired = np.zeros(fl.rank.size, np.uint8)
-    er, sr = by_rank(emap, smap, fl.porder)
-    zero, two = forests(fl, t, ckey, er, sr, paired)
+    # lean: the places stay in grid order (the forests prefetch them; the reduction carries ids with its
+    # keys) unless ids do not fit beside keys
+    grid = lean and _id_bits(fl.rank.size, 16 * fl.porder.size) > 0
+    er, sr = (emap, smap) if grid else by_rank(emap, smap, fl.porder)
+    zero, two = forests(fl, t, ckey, er, sr, paired, grid)
     b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t, lean)
     if lean:
         ekey = skey = None
+    if grid:
+        er = sr = None
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
     c = Complex()
