@@ -516,8 +516,8 @@ def _heap_pop(heap: np.ndarray, size: int) -> int:
 
 
 @njit
-def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
-    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), kept in the
+def _pop_pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
+    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), taken out of the
     heap; pivot -1 when the column is zero."""
     while size > 0:
         top = heap[0]
@@ -525,8 +525,7 @@ def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
         if size > 0 and heap[0] == top:
             size = _heap_pop(heap, size)
             continue
-        _heap_push(heap, size, top)
-        return top, size + 1
+        return top, size
     return -1, 0
 
 
@@ -599,7 +598,9 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
         hsize += 1
     added = 0
     while True:
-        piv, hsize = _pivot(heap, hsize)
+        # the pivot is held outside the heap: the owner's column holds it too (its pivot), so adding that
+        # column cancels it instead of pushing it back and cancelling the pair later
+        piv, hsize = _pop_pivot(heap, hsize)
         if piv < 0:
             return -1, -1, heap
         row_key = off + sgn * (piv >> sh)
@@ -609,12 +610,13 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
             own[rid] = cid
             slots = counts[0]
             used = start[slots]
-            if added > 0 and used + hsize <= pool.size:  # keep the reduced column (cancelled, sorted)
+            if added > 0 and used + hsize + 1 <= pool.size:  # keep the reduced column (cancelled, sorted)
+                pool[used] = piv
+                used += 1
                 while True:
-                    x, hsize = _pivot(heap, hsize)
+                    x, hsize = _pop_pivot(heap, hsize)
                     if x < 0:
                         break
-                    hsize = _heap_pop(heap, hsize)
                     pool[used] = x
                     used += 1
                 start[slots + 1] = used
@@ -622,24 +624,36 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
                 counts[0] = slots + 1
             return row_key, rid, heap
         added += 1
+        held = True  # piv, until an entry of the added column cancels it
         if j < 0:
             a, b = start[-2 - j], start[-1 - j]
-            heap = _grow(heap, hsize + b - a)
+            heap = _grow(heap, hsize + b - a + 1)
             for t in range(a, b):
-                _heap_push(heap, hsize, pool[t])
-                prefetch(own, pool[t] & mask)
+                x = pool[t]
+                if held and x == piv:
+                    held = False
+                    continue
+                _heap_push(heap, hsize, x)
+                prefetch(own, x & mask)
                 hsize += 1
             counts[1] += b - a
         else:
             jt = j // size
             c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean,
                         rank, emap, smap, use_min)
-            heap = _grow(heap, hsize + c)
+            heap = _grow(heap, hsize + c + 1)
             for t in range(c):
-                _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
+                x = ((off + sgn * keys[t]) << sh) | (ids[t] & mask)
+                if held and x == piv:
+                    held = False
+                    continue
+                _heap_push(heap, hsize, x)
                 prefetch(own, ids[t])
                 hsize += 1
             counts[1] += c
+        if held:  # an unreduced owner's boundary need not hold it (an owner the full cache could not keep)
+            _heap_push(heap, hsize, piv)
+            hsize += 1
 
 
 @njit
