@@ -65,12 +65,8 @@ def _strides(sa: int, sb: int) -> np.ndarray:
 
 @njit
 def _others(o: int) -> tuple[int, int]:
-    """The two axes other than ``o``, ascending."""
-    if o == 0:
-        return 1, 2
-    if o == 1:
-        return 0, 2
-    return 0, 1
+    """The two axes other than ``o``, ascending (arithmetic, not branches: ``o`` is data in the scans)."""
+    return np.int64(o == 0), 2 - np.int64(o == 2)
 
 
 @njit
@@ -697,15 +693,13 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     sp = np.empty(12, np.bool_)
     se1 = np.empty(12, np.int64)  # per square place: its two edges at p (geometric)
     se2 = np.empty(12, np.int64)
-    eplace = np.empty(6, np.int64)  # per geometric edge: its place at p (-1: none)
+    eplace = np.empty(6, np.int64)  # per geometric edge at p: its place (read only for a square's edges at p)
     for p in range(size):
         k = rank[p]
         if k >= n:
             continue
         places = emap[p]
         ce = 0
-        for g in range(6):
-            eplace[g] = -1
         for j in range(6):
             g = (places >> (4 * j)) & 15
             if g == 15:
