@@ -107,18 +107,19 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             smap[p] = -1
             continue
         # edges whose critical voxel is p, by the other end's rank
-        c = 0
         ne = 0
-        for g in range(6):
+        for g in range(6):  # compacted without branches (whether an edge is p's is a coin toss)
             a = g >> 1
-            nb = p + st[a] if g & 1 == 0 else p - st[a]
-            x = np.int64(rank[nb])
-            if (x <= k) if use_min else (x >= k):
-                continue
+            x = np.int64(rank[p + st[a] if g & 1 == 0 else p - st[a]])
             vg[ne] = g
             vx[ne] = x
-            ne += 1
+            ne += np.int64((x > k) if use_min else (x < k))
+        c = 0
+        for e in range(ne):
+            g = vg[e]
+            x = vx[e]
             if by_index:
+                a = g >> 1
                 x = (p - (g & 1) * st[a]) * 4 + a
             j = c  # insertion: stable, by rank then geometric index
             while j > 0 and sort_key[j - 1] > x:
