@@ -849,7 +849,9 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
 
 class Complex:
     """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places (by rank),
-    forest bits, and its dim-0/1/2 pairs."""
+    forest bits, and its dim-0/1/2 pairs. A ``lean`` complex (the diagram path) keeps the pairs and
+    forest bits (and ``ckey``) only: ``ekey`` and ``skey`` are None there, and so are ``emap`` and ``smap``
+    (except on maps beyond about 2^27 voxels, see :func:`_id_bits`)."""
 
     __slots__ = ("ckey", "construction", "dims", "ekey", "emap", "fl", "paired", "sa", "sb", "skey", "smap")
 
@@ -891,8 +893,9 @@ def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: n
 
 def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
-    (``by_index``: see :func:`cell_keys`). ``lean``: without the edge and square key arrays (``ekey`` and
-    ``skey`` are None; the pairs are the same): what :func:`pairs` needs, not the image reductions."""
+    (``by_index``: see :func:`cell_keys`). ``lean``: without the edge and square key arrays and the by-rank
+    places (see :class:`Complex`; the pairs are the same): what :func:`pairs` needs, not the image
+    reductions."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     t = construction == "T"
