@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit
+from ._jit import lowest_bit, njit, prefetch
 from .unionfind import find
 
 # the reduced columns kept for reuse: at most this many entries per voxel (bounded memory; the pool's
@@ -49,6 +49,9 @@ from .unionfind import find
 # voxel the T-construction's cache filled at 64^3 and the rest re-added boundaries (2.3x the entries).
 CACHE_PER_VOXEL = 4
 IMAGE_CACHE_PER_VOXEL = 8
+# the Kruskal passes prefetch the neighbourhood of the voxel this many steps ahead (its place in the grid is
+# known from porder long before; a mispredicted branch would otherwise stall on each miss in turn)
+AHEAD = 12
 
 
 @njit
@@ -62,17 +65,13 @@ def _strides(sa: int, sb: int) -> np.ndarray:
 
 @njit
 def _others(o: int) -> tuple[int, int]:
-    """The two axes other than ``o``, ascending."""
-    if o == 0:
-        return 1, 2
-    if o == 1:
-        return 0, 2
-    return 0, 1
+    """The two axes other than ``o``, ascending (arithmetic, not branches: ``o`` is data in the scans)."""
+    return np.int64(o == 0), 2 - np.int64(o == 2)
 
 
 @njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
-              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool) -> None:
+              ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool, lean: bool = False) -> None:
     """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
 
     A key is ``16 v + l``: ``v`` the rank of the cell's critical voxel (its highest corner under
@@ -87,11 +86,15 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     for cells of equal value (so that Betti matching reproduces it).
     ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
     edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
+    ``lean``: no edge keys (``ekey`` is not touched) and the square keys of normal axis 0 only (``skey`` of
+    size ``P``, what the cube keys need); :func:`_edge_key`/:func:`_square_key` recompute any other key from
+    the ranks and places where the reduction needs one (the diagram path: a few per hard column).
     """
     size = rank.size
     st = _strides(sa, sb)
     big = n * 16
-    ekey[:] = big
+    if not lean:
+        ekey[:] = big
     skey[:] = big
     sort_key = np.empty(12, np.int64)
     geo = np.empty(12, np.int64)
@@ -104,18 +107,19 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             smap[p] = -1
             continue
         # edges whose critical voxel is p, by the other end's rank
-        c = 0
         ne = 0
-        for g in range(6):
+        for g in range(6):  # compacted without branches (whether an edge is p's is a coin toss)
             a = g >> 1
-            nb = p + st[a] if g & 1 == 0 else p - st[a]
-            x = np.int64(rank[nb])
-            if (x <= k) if use_min else (x >= k):
-                continue
+            x = np.int64(rank[p + st[a] if g & 1 == 0 else p - st[a]])
             vg[ne] = g
             vx[ne] = x
-            ne += 1
+            ne += np.int64((x > k) if use_min else (x < k))
+        c = 0
+        for e in range(ne):
+            g = vg[e]
+            x = vx[e]
             if by_index:
+                a = g >> 1
                 x = (p - (g & 1) * st[a]) * 4 + a
             j = c  # insertion: stable, by rank then geometric index
             while j > 0 and sort_key[j - 1] > x:
@@ -129,7 +133,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         for j in range(c):
             g = geo[j]
             a = g >> 1
-            ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
+            if not lean:
+                ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
             m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         emap[p] = m
         # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
@@ -175,7 +180,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
             g = geo[j]
             o = g >> 2
             u, w = _others(o)
-            skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
+            if not lean or o == 0:
+                skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
             mm = (mm & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         smap[p] = mm
     s = st[0]
@@ -194,28 +200,30 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         ckey[q] = big if e >= big else (e >> 4) * 16 + 8 * l0 + (e & 7)
 
 
-def new_keys(fl, use_min: bool, by_index: bool = False):
+def new_keys(fl, use_min: bool, by_index: bool = False, lean: bool = False):
     """Allocate and fill :func:`cell_keys`' arrays for a :class:`~fastloss.ph.sort.Filtration`:
-    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits."""
+    ``(ekey, skey, ckey, emap, smap)``, keys int32 while ``16 n`` fits. ``lean``: ``ekey`` empty and
+    ``skey`` the axis-0 squares' only (see :func:`cell_keys`)."""
     _, h, w = fl.shape
     n, size = fl.porder.size, fl.rank.size
     kt = np.int32 if 16 * n < np.iinfo(np.int32).max else np.int64
-    ekey, skey = np.empty(3 * size, kt), np.empty(3 * size, kt)
+    ekey, skey = np.empty(0 if lean else 3 * size, kt), np.empty(size if lean else 3 * size, kt)
     ckey = np.empty(size, kt)
     emap, smap = np.empty(size, np.int64), np.empty(size, np.int64)
-    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index)
+    cell_keys(fl.rank, n, (h + 2) * (w + 2), w + 2, use_min, ekey, skey, ckey, emap, smap, by_index, lean)
     return ekey, skey, ckey, emap, smap
 
 
 @njit
 def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: np.ndarray, sa: int, sb: int,
-                 increasing: bool, paired: np.ndarray):
+                 increasing: bool, paired: np.ndarray, grid: bool = False):
     """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
     whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
     it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. ``emap``: its
     places by rank (``emap[porder]``: read in filtration order, the loads are sequential). Sets bit ``a``
     of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
-    of non-zero persistence."""
+    of non-zero persistence. ``grid``: ``emap`` in grid order instead (read at ``porder[k]``, prefetched
+    with the neighbourhood)."""
     n = porder.size
     st = _strides(sa, sb)
     parent = np.empty(n + 1, np.int32)
@@ -225,10 +233,20 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
     m = 0
     for step in range(n):
         k = step if increasing else n - 1 - step
+        if step + AHEAD < n:
+            q = porder[k + AHEAD if increasing else k - AHEAD]
+            prefetch(rank, q)
+            prefetch(rank, q + sb)
+            prefetch(rank, q - sb)
+            prefetch(rank, q + sa)
+            prefetch(rank, q - sa)
+            prefetch(paired, q)
+            if grid:
+                prefetch(emap, q)
         p = porder[k]
         parent[k] = k
         root = k
-        places = emap[k]
+        places = emap[p] if grid else emap[k]
         for t in range(6):
             g = (places >> (4 * (t if increasing else 5 - t))) & 15
             if g == 15:
@@ -257,12 +275,12 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
 
 @njit
 def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: np.ndarray, sa: int, sb: int,
-                increasing: bool, paired: np.ndarray):
+                increasing: bool, paired: np.ndarray, grid: bool = False):
     """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
     (decreasing; a cube outside the complex is the outside node, the eldest), squares in
     :func:`cell_keys`' order, ``smap`` by rank (``smap[porder]``). Sets bit ``3 + o`` of ``paired[q]`` for
     every forest square ``(q, o)``;
-    returns the pairs of non-zero persistence."""
+    returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid order (as :func:`voxel_forest`)."""
     n = porder.size
     size = ckey.size
     st = _strides(sa, sb)
@@ -278,8 +296,15 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     m = 0
     for step in range(n):
         k = step if increasing else n - 1 - step
+        if step + AHEAD < n:  # the cubes and squares around that voxel: 4 lines each
+            q = porder[k + AHEAD if increasing else k - AHEAD]
+            for d in (0, sb, sa, sa + sb):
+                prefetch(node, q - d)
+                prefetch(paired, q - d)
+            if grid:
+                prefetch(smap, q)
         p = porder[k]
-        places = smap[k]
+        places = smap[p] if grid else smap[k]
         for t in range(12):
             g = (places >> (4 * (t if increasing else 11 - t))) & 15
             if g == 15:
@@ -323,12 +348,73 @@ def _root(node: np.ndarray, x: int) -> int:
         x = g
 
 
+ONES = 0x1111111111111111  # one in every nibble
+
+
+@njit(inline=True)
+def _place_of(places: int, g: int) -> int:
+    """The place (nibble) holding geometric index ``g`` (< 15, present) in a voxel's places, without a loop:
+    the lowest zero nibble of ``places ^ g * ONES`` (a borrow only runs upward from a zero nibble)."""
+    x = places ^ (g * ONES)
+    t = (x - ONES) & ~x & (ONES << 3)
+    return lowest_bit(t) >> 2
+
+
+@njit
+def _edge_key(q: int, a: int, size: int, st: np.ndarray, rank: np.ndarray, emap: np.ndarray, n: int,
+              use_min: bool) -> int:
+    """:func:`cell_keys`' key of edge ``(q, a)`` from the ranks and the places (``emap`` in grid order): its
+    critical voxel is the higher corner ("V": both voxels) or the lower voxel corner ("T"); ``16 n`` when
+    the edge is not in the complex."""
+    q2 = q + st[a]
+    big = np.int64(n) * 16
+    if q < 0 or q2 >= size:
+        return big
+    prefetch(emap, q)  # the places of either corner: loaded while the ranks decide
+    prefetch(emap, q2)
+    x1 = np.int64(rank[q]) << 1  # rank << 1 | corner: the extreme one without branches
+    x2 = (np.int64(rank[q2]) << 1) | 1
+    x = min(x1, x2) if use_min else max(x1, x2)
+    k = x >> 1
+    if k >= n:  # "V": a padding corner; "T": no voxel corner
+        return big
+    return k * 16 + _place_of(emap[q + (x & 1) * st[a]], 2 * a + (x & 1))
+
+
+@njit
+def _square_key(q: int, o: int, size: int, st: np.ndarray, rank: np.ndarray, smap: np.ndarray, n: int,
+                use_min: bool) -> int:
+    """:func:`cell_keys`' key of square ``(q, o)`` (as :func:`_edge_key`: the highest corner, all four voxels,
+    or the lowest voxel corner)."""
+    u, w = _others(o)
+    big = np.int64(n) * 16
+    su, sw = st[u], st[w]
+    if q < 0 or q + su + sw >= size:
+        return big
+    for c in range(4):
+        prefetch(smap, q + (c >> 1) * su + (c & 1) * sw)
+    x0 = np.int64(rank[q]) << 2  # rank << 2 | corner (2 i + j: base + i S[u] + j S[w])
+    x1 = (np.int64(rank[q + sw]) << 2) | 1
+    x2 = (np.int64(rank[q + su]) << 2) | 2
+    x3 = (np.int64(rank[q + su + sw]) << 2) | 3
+    x = min(min(x0, x1), min(x2, x3)) if use_min else max(max(x0, x1), max(x2, x3))
+    k = x >> 2
+    if k >= n:
+        return big
+    c = x & 3
+    return k * 16 + _place_of(smap[q + (c >> 1) * su + (c & 1) * sw], 4 * o + c)
+
+
 @njit(inline=True)
 def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
-            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray) -> int:
+            paired: np.ndarray, big: int, ids: np.ndarray, keys: np.ndarray, lean: bool, rank: np.ndarray,
+            emap: np.ndarray, smap: np.ndarray, use_min: bool) -> int:
     """The unpaired neighbours of a cell: the squares containing edge ``(q, typ)`` (``of_edge``) or the
-    edges of square ``(q, typ)``; writes their ids and keys, returns how many."""
+    edges of square ``(q, typ)``; writes their ids and keys, returns how many. ``lean``: keys recomputed
+    (:func:`_edge_key`, :func:`_square_key` over ``rank, emap, smap`` in grid order, ``use_min``: "T")
+    instead of read from ``ekey, skey``."""
     m = 0
+    n = big >> 4
     if of_edge:
         a = typ
         for b in range(3):
@@ -339,7 +425,12 @@ def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np
                 base = q - h * st[b]
                 if base < 0:
                     continue
-                key = skey[o * size + base]
+                if lean:
+                    if (paired[base] >> (3 + o)) & 1:
+                        continue
+                    key = _square_key(base, o, size, st, rank, smap, n, use_min)
+                else:
+                    key = skey[o * size + base]
                 if key >= big or (paired[base] >> (3 + o)) & 1:
                     continue
                 ids[m] = o * size + base
@@ -357,7 +448,12 @@ def _around(q: int, typ: int, of_edge: bool, size: int, st: np.ndarray, ekey: np
             base = q + (h - 2) * st[u]
         if base >= size:
             continue
-        key = ekey[a * size + base]
+        if lean:
+            if (paired[base] >> a) & 1:
+                continue
+            key = _edge_key(base, a, size, st, rank, emap, n, use_min)
+        else:
+            key = ekey[a * size + base]
         if key >= big or (paired[base] >> a) & 1:
             continue
         ids[m] = a * size + base
@@ -417,8 +513,8 @@ def _heap_pop(heap: np.ndarray, size: int) -> int:
 
 
 @njit
-def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
-    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), kept in the
+def _pop_pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
+    """``(pivot, size)``: the earliest entry left after cancelling equal pairs (mod 2), taken out of the
     heap; pivot -1 when the column is zero."""
     while size > 0:
         top = heap[0]
@@ -426,8 +522,7 @@ def _pivot(heap: np.ndarray, size: int) -> tuple[int, int]:
         if size > 0 and heap[0] == top:
             size = _heap_pop(heap, size)
             continue
-        _heap_push(heap, size, top)
-        return top, size + 1
+        return top, size
     return -1, 0
 
 
@@ -437,6 +532,26 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:
         return a
     b = np.empty(max(need, 2 * a.size), a.dtype)
     b[: a.size] = a
+    return b
+
+
+@njit
+def _id_bits(size: int, big: int) -> int:
+    """How far the reductions shift a key to pack a cell id (``< 3 size``) below it in one int64: heap and
+    cache entries ``key << bits | id``, ordered as their keys (a key names one cell), so a pivot's row needs
+    no lookup. 0 (keys alone, ids looked up by :func:`_row_id`) where they would not fit (beyond 2^27 voxels)."""
+    bits = 1
+    while (1 << bits) < 3 * size:
+        bits += 1
+    return bits if bits + 1 + _bit_length(big) <= 62 else 0
+
+
+@njit
+def _bit_length(x: int) -> int:
+    b = 0
+    while x > 0:
+        b += 1
+        x >>= 1
     return b
 
 
@@ -458,39 +573,47 @@ def _new_cache(size: int, n: int, per_voxel: int):
 def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size: int, st: np.ndarray,
                    ekey: np.ndarray, skey: np.ndarray, paired: np.ndarray, rporder: np.ndarray, rmap: np.ndarray,
                    own: np.ndarray, heap: np.ndarray, ids: np.ndarray, keys: np.ndarray, pool: np.ndarray,
-                   start: np.ndarray, counts: np.ndarray):
+                   start: np.ndarray, counts: np.ndarray, sh: int, lean: bool, rank: np.ndarray, emap: np.ndarray,
+                   smap: np.ndarray, use_min: bool):
     """Reduce column ``cid`` (its neighbours by :func:`_around` over ``ekey, skey, paired``; rows found by
     :func:`_row_id` over ``rporder, rmap``) with a heap, mod 2: while its pivot has an owner (``own``:
     per row its owner column, -1 none, ``-2 - slot`` a cached one), add the owner's reduced column where
     the cache (:func:`_new_cache`) holds it, else the owner's own neighbours. The pivot is the earliest row key (``flip``: the latest, the heap holding ``big - key``).
     Makes ``cid`` its pivot's owner and, when it needed additions and the cache has room, keeps its
     reduced column (cancelled, sorted). Returns ``(row key, row id, heap)``; ``(-1, -1, heap)`` when the
-    column reduces to zero."""
-    off, sgn = (big, -1) if flip else (0, 1)  # heap entries off + sgn * key
+    column reduces to zero. ``sh``: :func:`_id_bits` (entries carry their row ids; 0: looked up). ``lean``
+    and the rest: :func:`_around`'s."""
+    off, sgn = (big, -1) if flip else (0, 1)  # heap entries (off + sgn * key) << sh | id
+    mask = (np.int64(1) << sh) - 1
     q_t = cid // size
-    r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+    r = _around(cid - q_t * size, q_t, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank,
+                emap, smap, use_min)
     hsize = 0
     for t in range(r):
-        _heap_push(heap, hsize, off + sgn * keys[t])
+        _heap_push(heap, hsize, ((off + sgn * keys[t]) << sh) | (ids[t] & mask))
+        prefetch(own, ids[t])  # each entry may become the pivot, whose owner is looked up next
         hsize += 1
     added = 0
     while True:
-        piv, hsize = _pivot(heap, hsize)
+        # the pivot is held outside the heap: the owner's column holds it too (its pivot), so adding that
+        # column cancels it instead of pushing it back and cancelling the pair later
+        piv, hsize = _pop_pivot(heap, hsize)
         if piv < 0:
             return -1, -1, heap
-        row_key = off + sgn * piv
-        rid = _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
+        row_key = off + sgn * (piv >> sh)
+        rid = piv & mask if sh > 0 else _row_id(row_key, not columns_are_edges, rporder, rmap, size, st)
         j = own[rid]
         if j == -1:
             own[rid] = cid
             slots = counts[0]
             used = start[slots]
-            if added > 0 and used + hsize <= pool.size:  # keep the reduced column (cancelled, sorted)
+            if added > 0 and used + hsize + 1 <= pool.size:  # keep the reduced column (cancelled, sorted)
+                pool[used] = piv
+                used += 1
                 while True:
-                    x, hsize = _pivot(heap, hsize)
+                    x, hsize = _pop_pivot(heap, hsize)
                     if x < 0:
                         break
-                    hsize = _heap_pop(heap, hsize)
                     pool[used] = x
                     used += 1
                 start[slots + 1] = used
@@ -498,27 +621,42 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
                 counts[0] = slots + 1
             return row_key, rid, heap
         added += 1
+        held = True  # piv, until an entry of the added column cancels it
         if j < 0:
             a, b = start[-2 - j], start[-1 - j]
-            heap = _grow(heap, hsize + b - a)
+            heap = _grow(heap, hsize + b - a + 1)
             for t in range(a, b):
-                _heap_push(heap, hsize, pool[t])
+                x = pool[t]
+                if held and x == piv:
+                    held = False
+                    continue
+                _heap_push(heap, hsize, x)
+                prefetch(own, x & mask)
                 hsize += 1
             counts[1] += b - a
         else:
             jt = j // size
-            c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
-            heap = _grow(heap, hsize + c)
+            c = _around(j - jt * size, jt, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean,
+                        rank, emap, smap, use_min)
+            heap = _grow(heap, hsize + c + 1)
             for t in range(c):
-                _heap_push(heap, hsize, off + sgn * keys[t])
+                x = ((off + sgn * keys[t]) << sh) | (ids[t] & mask)
+                if held and x == piv:
+                    held = False
+                    continue
+                _heap_push(heap, hsize, x)
+                prefetch(own, ids[t])
                 hsize += 1
             counts[1] += c
+        if held:  # an unreduced owner's boundary need not hold it (an owner the full cache could not keep)
+            _heap_push(heap, hsize, piv)
+            hsize += 1
 
 
 @njit
 def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
           emap: np.ndarray, smap: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray, sa: int,
-          sb: int, columns_are_edges: bool):
+          sb: int, columns_are_edges: bool, lean: bool = False):
     """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
     the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
     columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
@@ -526,13 +664,16 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
     (columns V-squares, rows their V-edges). ``emap``/``smap``: the places as :func:`cell_keys` writes
     them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
-    by key)."""
+    by key, only where ids do not fit beside keys: :func:`_id_bits`). ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
     cmap = eranked if columns_are_edges else sranked
     rmap = sranked if columns_are_edges else eranked
+    sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
+    mask = (np.int64(1) << sh) - 1
+    use_min = not columns_are_edges  # "T"
     own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -553,15 +694,13 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     sp = np.empty(12, np.bool_)
     se1 = np.empty(12, np.int64)  # per square place: its two edges at p (geometric)
     se2 = np.empty(12, np.int64)
-    eplace = np.empty(6, np.int64)  # per geometric edge: its place at p (-1: none)
+    eplace = np.empty(6, np.int64)  # per geometric edge at p: its place (read only for a square's edges at p)
     for p in range(size):
         k = rank[p]
         if k >= n:
             continue
         places = emap[p]
         ce = 0
-        for g in range(6):
-            eplace[g] = -1
         for j in range(6):
             g = (places >> (4 * j)) & 15
             if g == 15:
@@ -634,14 +773,23 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 else:
                     if nh == hard.size:
                         hard = _grow(hard, nh + 1)
-                    hard[nh] = key
+                    hard[nh] = (key << sh) | (cid & mask)
                     nh += 1
                 continue
             # the pivot lies elsewhere: look the rows up
-            cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+            if columns_are_edges:  # the column's id from its geometric index at p (what _row_id gives)
+                g = eg[l]
+                a = g >> 1
+                cid = a * size + p - (g & 1) * st[a]
+            else:
+                g = sg[l]
+                o = g >> 2
+                u, w = _others(o)
+                cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
             typ = cid // size
             q = cid - typ * size
-            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys)
+            r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank, emap, smap,
+                        use_min)
             best = 0
             for t in range(1, r):
                 if keys[t] < keys[best]:
@@ -650,7 +798,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
             if apparent:
                 rt = ids[best] // size
                 c = _around(ids[best] - rt * size, rt, not columns_are_edges, size, st, ekey, skey, paired, big,
-                            ids2, keys2)
+                            ids2, keys2, lean, rank, emap, smap, use_min)
                 for t in range(c):
                     if keys2[t] > key:
                         apparent = False
@@ -667,7 +815,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
             else:
                 if nh == hard.size:
                     hard = _grow(hard, nh + 1)
-                hard[nh] = key
+                hard[nh] = (key << sh) | (cid & mask)
                 nh += 1
     # the rest: reduction in decreasing column order
     hard = np.sort(hard[:nh])
@@ -675,10 +823,10 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     heap = np.empty(64, np.int64)
     unreduced = 0
     for h in range(nh - 1, -1, -1):
-        key = hard[h]
-        cid = _row_id(key, columns_are_edges, porder, cmap, size, st)
+        key = hard[h] >> sh
+        cid = hard[h] & mask if sh > 0 else _row_id(key, columns_are_edges, porder, cmap, size, st)
         piv, _, heap = _reduce_column(cid, columns_are_edges, False, big, size, st, ekey, skey, paired, porder, rmap,
-                                      own, heap, ids, keys, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts, sh, lean, rank, emap, smap, use_min)
         if piv < 0:
             unreduced += 1
             continue
@@ -701,7 +849,9 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
 
 class Complex:
     """One map's cells as the dim-1 passes read them (:func:`complex_of`): keys, places (by rank),
-    forest bits, and its dim-0/1/2 pairs."""
+    forest bits, and its dim-0/1/2 pairs. A ``lean`` complex (the diagram path) keeps the pairs and
+    forest bits (and ``ckey``) only: ``ekey`` and ``skey`` are None there, and so are ``emap`` and ``smap``
+    (except on maps beyond about 2^27 voxels, see :func:`_id_bits`)."""
 
     __slots__ = ("ckey", "construction", "dims", "ekey", "emap", "fl", "paired", "sa", "sb", "skey", "smap")
 
@@ -724,32 +874,43 @@ def by_rank(emap: np.ndarray, smap: np.ndarray, porder: np.ndarray) -> tuple[np.
     return er, sr
 
 
-def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray):
+def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray,
+            grid: bool = False):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
     the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
     Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
-    would wait on ``porder``)."""
+    would wait on ``porder``). ``grid``: the places in grid order instead (no gathered copy; the passes
+    prefetch them ahead)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     if use_min:
-        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired)
-        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired)
+        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired, grid)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired, grid)
     else:
-        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired)
-        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired)
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired, grid)
+        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired, grid)
     return zero, two
 
-def complex_of(fl, construction: str, by_index: bool = False) -> Complex:
+def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
-    (``by_index``: see :func:`cell_keys`)."""
+    (``by_index``: see :func:`cell_keys`). ``lean``: without the edge and square key arrays and the by-rank
+    places (see :class:`Complex`; the pairs are the same): what :func:`pairs` needs, not the image
+    reductions."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     t = construction == "T"
-    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index)
+    ekey, skey, ckey, emap, smap = new_keys(fl, t, by_index, lean)
     paired = np.zeros(fl.rank.size, np.uint8)
-    er, sr = by_rank(emap, smap, fl.porder)
-    zero, two = forests(fl, t, ckey, er, sr, paired)
-    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
+    # lean: the places stay in grid order (the forests prefetch them; the reduction carries ids with its
+    # keys) unless ids do not fit beside keys
+    grid = lean and _id_bits(fl.rank.size, 16 * fl.porder.size) > 0
+    er, sr = (emap, smap) if grid else by_rank(emap, smap, fl.porder)
+    zero, two = forests(fl, t, ckey, er, sr, paired, grid)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t, lean)
+    if lean:
+        ekey = skey = None
+    if grid:
+        er = sr = None
     if stats[0]:  # pragma: no cover - a box has no essential loop; this would be a bug
         raise RuntimeError(f"dim-1 reduction left {stats[0]} columns unpaired")
     c = Complex()
@@ -763,7 +924,7 @@ def pairs(fl, construction: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Every dimension's pairs ``dim -> (birth_ranks, death_ranks)`` of a 3D map's
     :class:`fastloss.ph.sort.Filtration` (dim 0 without its essential bar), in cripser's row order
     (dim 0 by increasing death, dims 1 and 2 by decreasing birth)."""
-    c = complex_of(fl, construction)
+    c = complex_of(fl, construction, lean=True)
     b, d = c.dims[1]
     return {0: c.dims[0], 1: ((b >> 4).astype(np.int32), (d >> 4).astype(np.int32)), 2: c.dims[2]}
 
@@ -809,6 +970,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     keys2 = np.empty(4, np.int64)
     hard = np.empty(1024, np.int64)
     nh = 0
+    sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
+    mask = (np.int64(1) << sh) - 1
     shift = 3 if squares else 0  # C's dual-forest bits for the 2-cells
     for typ in range(3):
         for q in range(size):
@@ -817,7 +980,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             if key >= big or (c_paired[q] >> (shift + typ)) & 1:
                 continue
             r = _around(q, typ, not squares, size, st, x_keys1 if squares else c_keys2,
-                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys)
+                        c_keys2 if squares else x_keys1, x_paired, big, ids, keys, False, c_porder, c_places2,
+                        c_places2, False)
             best = -1
             for t in range(r):
                 if best < 0 or keys[t] > keys[best]:
@@ -826,7 +990,8 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             if apparent:
                 rt = ids[best] // size
                 c = _around(ids[best] - rt * size, rt, squares, size, st, c_keys1 if squares else c_keys2,
-                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2)
+                            c_keys2 if squares else c_keys1, c_paired, big, ids2, keys2, False, c_porder, c_places2,
+                            c_places2, False)
                 for t in range(c):
                     if keys2[t] < key:
                         apparent = False
@@ -838,20 +1003,21 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
             else:
                 if nh == hard.size:
                     hard = _grow(hard, nh + 1)
-                hard[nh] = key
+                hard[nh] = (key << sh) | (cid & mask)
                 nh += 1
     hard = np.sort(hard[:nh])
     heap = np.empty(64, np.int64)
     pool, start, counts = _new_cache(size, n, IMAGE_CACHE_PER_VOXEL)
     e1, e2 = (x_keys1, c_keys2) if squares else (c_keys2, x_keys1)  # _around's edge and square keys
     for h in range(nh):
-        cid = _row_id(hard[h], not squares, c_porder, c_places2, size, st)
+        cid = hard[h] & mask if sh > 0 else _row_id(hard[h] >> sh, not squares, c_porder, c_places2, size, st)
         first = out[cid]
         if first >= 0 and own[first] == -1:  # its pivot is still free: final as it is (most of a binary target's)
             own[first] = cid
             continue
         _, rid, heap = _reduce_column(cid, not squares, True, big, size, st, e1, e2, x_paired, x_porder, x_places1,
-                                      own, heap, ids, keys, pool, start, counts)
+                                      own, heap, ids, keys, pool, start, counts, sh, False, c_porder, c_places2,
+                                      c_places2, False)
         if rid >= 0:  # always: C's non-forest 2-cells never reduce to zero
             out[cid] = rid
     return out
