@@ -310,3 +310,23 @@ class TestConcurrency:
             v.sum().backward()
             results.append((v.detach(), p.grad))
         assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       st.integers(1, 500), st.sampled_from([float("nan"), float("inf"), -float("inf")]), st.data())
+def test_check_finite_finds_any_non_finite_value(dtype, n, bad, data):
+    """The one-reduction finiteness check (min and max) agrees with isfinite() for every float dtype and place."""
+    from fastloss._validation import check_finite
+
+    x = torch.rand(n, dtype=torch.float64).to(dtype)
+    check_finite("input", x)  # finite: no error
+    x[data.draw(st.integers(0, n - 1))] = bad
+    with pytest.raises(ValueError, match=r"`input` must be finite, got 1 NaN/Inf value\(s\)"):
+        check_finite("input", x)
+    z = torch.zeros(n, dtype=torch.complex64)
+    z[0] = complex(0.0, bad)
+    with pytest.raises(ValueError, match="must be finite"):
+        check_finite("input", z)
+    check_finite("mask", torch.ones(n, dtype=torch.int64))  # integers and booleans are always finite
+    check_finite("mask", torch.ones(n, dtype=torch.bool))
