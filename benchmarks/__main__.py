@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                              drop_factor=args.drop_factor, time_budget=share,
                              progress=lambda msg, key=key: bar.set_postfix_str(f"{key}: {msg}"[:60]))
             reports.append(report)
-            took = (f"({key} on {wl.name}: {time.perf_counter() - job_started:.0f} s of a {share:.0f} s share, "
-                    f"{report.rounds} timing rounds)")
+            text = (f"{markdown_table(report)}\n({key} on {wl.name}: {time.perf_counter() - job_started:.0f} s of a "
+                    f"{share:.0f} s share, {report.rounds} timing rounds)\n")
             if bar_ok:
-                tqdm.write(markdown_table(report) + "\n" + took + "\n", file=sys.stdout)
+                tqdm.write(text, file=sys.stdout)
             else:
-                print(markdown_table(report) + "\n" + took + "\n", flush=True)
+                print(text, flush=True)
             plot(report, out / f"{key}-{wl.name}.png")
             bar.update()
     path = write_json(reports, out / "results.json", notes=[WEIGHTS_NOTE])

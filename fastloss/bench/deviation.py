@@ -100,7 +100,7 @@ def cycle_length(loss: nn.Module, input: Tensor) -> int:
 
 
 def cycle_deviation(reference: nn.Module | None, candidate: nn.Module, input: Tensor, target: Tensor | None,
-                    steps: int | None = None, reference_step: tuple[float, Tensor] | None = None) -> dict:
+                    steps: int | None = None, reference_step: tuple[float | Tensor, Tensor] | None = None) -> dict:
     """What training sees from a stochastic or gated stack: a copy of ``candidate`` runs ``steps``
     training steps (default: :func:`cycle_length`) on the same ``input, target``; its values and input
     gradients, averaged over them, are compared with one step of ``reference``.
@@ -152,7 +152,7 @@ class ReferenceRun:
     the same figures as stepping a fresh copy beside each candidate, at half the cost).
 
     ``steps``: the value and input gradient of each training step; ``flops``: torch FLOPs per step
-    (``None`` if not counted); ``outside_torch``: part of its work runs outside torch (FLOPs ``"n/a"``);
+    (``None`` if not counted, as where work runs outside torch); ``outside_torch``: part of its work runs outside torch (FLOPs ``"n/a"``);
     ``ladder_values``: its eval-mode values over the ladder (``None`` without one). Holds one gradient per
     step: the size of the trajectory it was run on.
     """
@@ -194,7 +194,7 @@ def reference_run(
         reference.eval()
         with torch.no_grad():
             ladder_values = [float(reference(p, target)) for p in preds]
-    return ReferenceRun(steps, total / max(1, len(steps)) if count_flops else None, outside, ladder_values)
+    return ReferenceRun(steps, total / max(1, len(steps)) if count else None, outside, ladder_values)
 
 
 def _stack_gain(loss: nn.Module) -> float:
@@ -285,8 +285,7 @@ def deviation(
     if cycle:
         out["cycle_grad_cosine"] = quantiles(windows, {"median": 0.5, "min": 0.0})
     if trajectory and cycle_length(candidate, trajectory[0][0]) > 1:  # stochastic or gated: one whole cycle
-        first = ref.steps[0]
-        out["cycle"] = {**cycle_deviation(None, candidate, *trajectory[0], reference_step=(float(first[0]), first[1])),
+        out["cycle"] = {**cycle_deviation(None, candidate, *trajectory[0], reference_step=ref.steps[0]),
                         "sampling": samples(candidate)}
     if count_flops:
         n = max(1, len(trajectory))
