@@ -69,6 +69,21 @@ def _others(o: int) -> tuple[int, int]:
     return np.int64(o == 0), 2 - np.int64(o == 2)
 
 
+@njit(inline=True)
+def _edge_id(p: int, g: int, size: int, st: np.ndarray) -> int:
+    """The id (``a * size + base``) of the edge of geometric index ``g`` (``2 a + i``) at voxel ``p``."""
+    a = g >> 1
+    return a * size + p - (g & 1) * st[a]
+
+
+@njit(inline=True)
+def _square_id(p: int, g: int, size: int, st: np.ndarray) -> int:
+    """The id (``o * size + base``) of the square of geometric index ``g`` (``4 o + 2 i + j``) at voxel ``p``."""
+    o = g >> 2
+    u, w = _others(o)
+    return o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+
+
 @njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
               ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool, lean: bool = False) -> None:
@@ -132,9 +147,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         m = np.int64(-1)
         for j in range(c):
             g = geo[j]
-            a = g >> 1
             if not lean:
-                ekey[a * size + p - (g & 1) * st[a]] = k * 16 + j
+                ekey[_edge_id(p, g, size, st)] = k * 16 + j
             m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         emap[p] = m
         # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
@@ -178,10 +192,8 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
         mm = np.int64(-1)
         for j in range(c):
             g = geo[j]
-            o = g >> 2
-            u, w = _others(o)
-            if not lean or o == 0:
-                skey[o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]] = k * 16 + j
+            if not lean or g >> 2 == 0:  # lean: normal axis 0 only
+                skey[_square_id(p, g, size, st)] = k * 16 + j
             mm = (mm & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
         smap[p] = mm
     s = st[0]
@@ -470,12 +482,7 @@ def _row_id(key: int, edges: bool, porder: np.ndarray, places: np.ndarray, size:
     v = key >> 4
     p = porder[v]
     g = (places[v] >> (4 * (key & 15))) & 15
-    if edges:
-        a = g >> 1
-        return a * size + p - (g & 1) * st[a]
-    o = g >> 2
-    u, w = _others(o)
-    return o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+    return _edge_id(p, g, size, st) if edges else _square_id(p, g, size, st)
 
 
 @njit
@@ -740,13 +747,8 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                 if local >= 0:
                     other = eplace[se2[local]] if se1[local] == g else eplace[se1[local]]
                     apparent = ep[other] or other < l
-                    g = sg[local]
-                    o = g >> 2
-                    u, w = _others(o)
-                    row = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
-                    g = eg[l]
-                    a = g >> 1
-                    cid = a * size + p - (g & 1) * st[a]
+                    row = _square_id(p, sg[local], size, st)
+                    cid = _edge_id(p, eg[l], size, st)
             else:  # "T": rows are the square's two edges at p
                 l1 = eplace[se1[l]]
                 l2 = eplace[se2[l]]
@@ -761,12 +763,8 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                         if not sp[j] and (se1[j] == ge or se2[j] == ge):
                             apparent = False
                             break
-                    a = ge >> 1
-                    row = a * size + p - (ge & 1) * st[a]
-                    g = sg[l]
-                    o = g >> 2
-                    u, w = _others(o)
-                    cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+                    row = _edge_id(p, ge, size, st)
+                    cid = _square_id(p, sg[l], size, st)
             if local >= 0:
                 if apparent:  # zero persistence: nothing to record but the owner
                     own[row] = cid
@@ -777,15 +775,8 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
                     nh += 1
                 continue
             # the pivot lies elsewhere: look the rows up
-            if columns_are_edges:  # the column's id from its geometric index at p (what _row_id gives)
-                g = eg[l]
-                a = g >> 1
-                cid = a * size + p - (g & 1) * st[a]
-            else:
-                g = sg[l]
-                o = g >> 2
-                u, w = _others(o)
-                cid = o * size + p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
+            # the column's id from its geometric index at p (what _row_id gives)
+            cid = _edge_id(p, eg[l], size, st) if columns_are_edges else _square_id(p, sg[l], size, st)
             typ = cid // size
             q = cid - typ * size
             r = _around(q, typ, columns_are_edges, size, st, ekey, skey, paired, big, ids, keys, lean, rank, emap, smap,
