@@ -8,11 +8,17 @@ emulated.
 
 - CPU: bfloat16 is native with AVX512-BF16 or AMX tiles (x86) or the ``bf16`` feature (Arm); float16
   with AMX-FP16 / AVX512-FP16 (x86) or ``asimdhp`` (Arm). torch's detection helpers are private, so each
-  is guarded: a helper that is missing counts as "not native".
+  is guarded: a helper that is missing counts as "not native". A dtype the flags list is then *measured*
+  (one small convolution in that dtype and in float32, best of 5, about 10 ms): where it is not faster
+  than float32 it counts as emulated, whatever the flags say. That happens when oneDNN's instruction set
+  is capped (``ONEDNN_MAX_CPU_ISA=AVX2``: bfloat16 convolutions ~35x float32's time; ``AVX512_CORE``: ~2x)
+  or oneDNN is off (``torch.backends.mkldnn.enabled = False``: ~30x), measured on a Zen 4 with AVX512-BF16.
+  ``Capabilities.measured`` keeps each probed dtype's time ratio; the detection is cached per device and
+  per ``torch.backends.mkldnn.enabled``, which is read live.
 - CUDA: float16 tensor cores from compute capability 7.0, bfloat16 from 8.0; TF32 from 8.0 when torch
   allows it (``torch.backends.cudnn.allow_tf32`` for convolutions, the float32 matmul precision).
 
-Results are cached per device. Tests simulate other machines by patching :func:`_detect` and calling
+Results are cached per device (CPU: and per oneDNN on/off). Tests simulate other machines by patching :func:`_detect` and calling
 ``capabilities.cache_clear()``.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -39,6 +46,8 @@ class Capabilities:
     tf32_matmul: bool = False
     cpu_capability: str | None = None
     compute_capability: tuple[int, int] | None = None
+    # CPU: (dtype name, its convolution time / float32's) for each low-precision dtype the flags listed
+    measured: tuple[tuple[str, float], ...] = ()
 
     @property
     def device_type(self) -> str:
@@ -68,6 +77,10 @@ class Capabilities:
         parts = [f"{self.device} ({self.name})", f"native low precision: {low}"]
         if self.cpu_capability:
             parts.append(f"torch CPU capability {self.cpu_capability}")
+        slow = [f"{name} ({ratio:.1f}x float32's convolution time)" for name, ratio in self.measured
+                if getattr(torch, name) not in self.native_dtypes]
+        if slow:
+            parts.append(f"listed by the CPU but measured emulated: {', '.join(slow)}")
         if self.compute_capability:
             parts.append(f"compute capability {self.compute_capability[0]}.{self.compute_capability[1]}")
         if self.device_type == "cuda":
@@ -83,6 +96,7 @@ class Capabilities:
             tf32_conv=bool(data.get("tf32_conv", False)), tf32_matmul=bool(data.get("tf32_matmul", False)),
             cpu_capability=data.get("cpu_capability"),
             compute_capability=tuple(data["compute_capability"]) if data.get("compute_capability") else None,
+            measured=tuple((str(name), float(ratio)) for name, ratio in data.get("measured", ())),
         )
 
     def as_dict(self) -> dict:
@@ -95,6 +109,7 @@ class Capabilities:
             "tf32_matmul": self.tf32_matmul,
             "cpu_capability": self.cpu_capability,
             "compute_capability": list(self.compute_capability) if self.compute_capability else None,
+            "measured": [[name, ratio] for name, ratio in self.measured],
         }
 
 
@@ -139,17 +154,42 @@ def _cpu_capability() -> str | None:
         return None
 
 
+# a low-precision dtype counts as native on a CPU only where its convolution takes less than this share of
+# float32's (measured on a Zen 4 with AVX512-BF16: 0.67-0.88 native; 2.1 with oneDNN capped at AVX512_CORE,
+# 15-35 capped at AVX2 or with oneDNN off)
+NATIVE_RATIO = 1.0
+
+
+def conv_time_ratio(dtype: torch.dtype, rounds: int = 5) -> float:
+    """One 3x3 convolution (32 channels, 32x32) in ``dtype`` over the same in float32 on this CPU, best of
+    ``rounds`` each, interleaved (about 10 ms where ``dtype`` is native, 0.15 s where it is emulated)."""
+    with torch.no_grad():
+        x, w = torch.rand(1, 32, 32, 32), torch.rand(32, 32, 3, 3)
+        pairs = ((x, w), (x.to(dtype), w.to(dtype)))
+        best = [float("inf"), float("inf")]
+        for a, b in pairs:  # warm-up: oneDNN builds its kernels on the first call
+            torch.conv2d(a, b, padding=1)
+        for _ in range(rounds):
+            for i, (a, b) in enumerate(pairs):
+                start = time.perf_counter()
+                torch.conv2d(a, b, padding=1)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best[1] / max(best[0], 1e-9)
+
+
 def _detect(device: torch.device) -> Capabilities:
     if device.type == "cpu":
-        native = []
+        listed = []
         arm = platform.machine().lower() in ("aarch64", "arm64")
         flags = _cpuinfo_flags() if arm else set()
         if _probe("_is_avx512_bf16_supported") or _probe("_is_amx_tile_supported") or "bf16" in flags:
-            native.append(torch.bfloat16)
+            listed.append(torch.bfloat16)
         if _probe("_is_amx_fp16_supported") or "asimdhp" in flags:
-            native.append(torch.float16)
-        return Capabilities("cpu", f"{cpu_model()}, {os.cpu_count()} cores", tuple(native),
-                            cpu_capability=_cpu_capability())
+            listed.append(torch.float16)
+        measured = tuple((str(d).replace("torch.", ""), round(conv_time_ratio(d), 3)) for d in listed)
+        native = tuple(d for d, (_, ratio) in zip(listed, measured, strict=True) if ratio < NATIVE_RATIO)
+        return Capabilities("cpu", f"{cpu_model()}, {os.cpu_count()} cores", native,
+                            cpu_capability=_cpu_capability(), measured=measured)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
@@ -168,7 +208,7 @@ def _detect(device: torch.device) -> Capabilities:
 
 
 @functools.cache
-def _cached(device_type: str, index: int | None) -> Capabilities:
+def _cached(device_type: str, index: int | None, onednn: bool = True) -> Capabilities:
     return _detect(torch.device(device_type, index) if index is not None else torch.device(device_type))
 
 
@@ -193,7 +233,8 @@ def normalise(device: torch.device | str) -> torch.device:
 def capabilities(device: torch.device | str = "cpu") -> Capabilities:
     """What ``device`` computes natively (cached per device; TF32 flags read live)."""
     device = normalise(device)
-    return _tf32_now(_cached(device.type, device.index))
+    onednn = device.type != "cpu" or bool(torch.backends.mkldnn.enabled)  # a user may switch oneDNN off at any time
+    return _tf32_now(_cached(device.type, device.index, onednn))
 
 
 capabilities.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]

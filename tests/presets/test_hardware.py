@@ -30,6 +30,7 @@ class TestCapabilities:
     ], ids=["avx2", "avx512-bf16", "amx"])
     def test_x86_cpu_classes(self, monkeypatch, fresh_cache, probes, expected):
         monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(hardware, "conv_time_ratio", lambda dtype: 0.7)  # measured native (any CI machine)
         for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
             value = probes.get(name, False)
             monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
@@ -46,10 +47,49 @@ class TestCapabilities:
 
     def test_arm_features(self, monkeypatch, fresh_cache):
         monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+        monkeypatch.setattr(hardware, "conv_time_ratio", lambda dtype: 0.7)
         monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: {"asimd", "asimdhp", "bf16", "sve"})
         for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
             monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
         assert set(hardware.capabilities("cpu").native_dtypes) == {torch.bfloat16, torch.float16}
+
+    @pytest.mark.parametrize("ratio, native", [(0.7, True), (0.99, True), (1.0, False), (2.1, False), (35.0, False)])
+    def test_listed_but_measured_slow_is_emulated(self, monkeypatch, fresh_cache, ratio, native):
+        """The flags list bfloat16 but its convolution is not faster than float32's (oneDNN capped or off)."""
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+        for name in ("_is_amx_tile_supported", "_is_amx_fp16_supported"):
+            monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+        monkeypatch.setattr(hardware, "conv_time_ratio", lambda dtype: ratio)
+        caps = hardware.capabilities("cpu")
+        assert caps.measured == (("bfloat16", ratio),)
+        assert caps.native_dtypes == ((torch.bfloat16,) if native else ())
+        assert caps.low_precision == (torch.bfloat16 if native else None)
+        assert ("measured emulated: bfloat16" in caps.describe()) != native
+        assert Capabilities.from_dict(caps.as_dict()) == caps
+
+    def test_onednn_off_is_measured_on_this_machine(self, fresh_cache):
+        """Real measurement: with oneDNN off, bfloat16 convolutions fall back to a slow path (~30x float32's on
+        a Zen 4 with AVX512-BF16), so a CPU that lists bfloat16 no longer counts it native; on again, it does."""
+        listed = hardware.capabilities("cpu")
+        if not listed.measured:
+            pytest.skip("this CPU lists no low-precision dtype: nothing is measured")
+        was = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            off = hardware.capabilities("cpu")
+            assert off.native_dtypes == () and off.low_precision is None, off.describe()
+            assert all(ratio >= hardware.NATIVE_RATIO for _, ratio in off.measured)
+            loss = fastloss.preset("balanced", vgg())
+            loss(*images())
+            assert loss.innermost().compute_dtype == torch.float32  # the preset does not pick the slow dtype
+        finally:
+            torch.backends.mkldnn.enabled = was
+        assert hardware.capabilities("cpu") == listed  # the detection is cached per oneDNN on/off
+
+    def test_conv_time_ratio_measures(self):
+        ratio = hardware.conv_time_ratio(torch.float32, rounds=3)  # the same dtype on both sides
+        assert 0.2 < ratio < 5.0
 
     @pytest.mark.parametrize("cc, expected", [((6, 1), ()), ((7, 0), (torch.float16,)),
                                               ((8, 0), (torch.bfloat16, torch.float16)),
