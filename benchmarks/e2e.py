@@ -175,6 +175,10 @@ CANDIDATES = {
     "tiled2-batch-half": ("TiledLoss(2x2) o BatchSampledLoss(k=B/2) o balanced",
                           lambda b: _tiled(_batch(b, 0.5), tiles=2, margin=0)),
     "down2": ("DownsampledLoss(2) o balanced (the whole image at half resolution)", lambda b: _down(b, 2)),
+    "tiled4-m32-reuse": ("TiledLoss(4x4, margin=32, reuse_gradients) o balanced (a single-image fit's other tiles "
+                         "keep their last term)", lambda b: _tiled(b, tiles=4, margin=32, reuse=True)),
+    "tiled3-m16-reuse": ("TiledLoss(3x3, margin=16, reuse_gradients) o balanced",
+                         lambda b: _tiled(b, tiles=3, margin=16, reuse=True)),
 }
 
 
@@ -184,13 +188,13 @@ def _down(balanced, factor):
     return fastloss.DownsampledLoss(balanced, factor)
 
 
-def _tiled(balanced, tiles, margin="auto", per_sample=False):
+def _tiled(balanced, tiles, margin="auto", per_sample=False, reuse=False):
     import fastloss
 
     if margin == "field":
         feature = balanced.loss if isinstance(balanced, fastloss.CachedTarget) else balanced
         margin = (feature.receptive_field()[0] + 1) // 2
-    return fastloss.TiledLoss(balanced, tiles, margin=margin, per_sample=per_sample)
+    return fastloss.TiledLoss(balanced, tiles, margin=margin, per_sample=per_sample, reuse_gradients=reuse)
 
 
 def _batch(balanced, k):

@@ -29,6 +29,19 @@ smaller margin leaves a bias that
 :func:`fastloss.bench.cycle_deviation` measures. ``margin="auto"`` (default) is half the tapped
 backbone's theoretical receptive-field radius, at most half a tile (see the docs for the measurements).
 
+**Reusing the other tiles' gradients** (``reuse_gradients=True``). A model that renders one image (a
+coordinate network, splatting) gets from a plain tile a gradient for that tile's region only: every other
+region waits ``n - 1`` steps of ``n``, as under an :class:`~fastloss.IntervalLoss` of period ``n``. With
+``reuse_gradients`` each training step computes one tile's term and its input gradient (its backward runs
+inside the call) and returns, for every other tile, its term as last computed (its value and input gradient:
+a stochastic average gradient over the tiles), so every region gets a gradient every step; the value is the
+sum of the tiles' terms (their area-weighted losses), scaled by ``n / seen`` in the first cycle. The terms are
+kept while the target stays the same from one step to the next (one image fitted for many steps); when it
+changes (or the input's shape does) they are dropped, so on targets that change every step this is the plain
+estimator. Memory: the tiles' windows of one input gradient (about the input's size, more with a margin) and
+a copy of the target; both are in ``state_dict``, so a resumed fit reuses exactly what the uninterrupted one
+would. One window per batch only (``per_sample=False``).
+
 **Windows per sample or per batch.** ``per_sample=False`` (default) uses one tile for the whole batch;
 ``per_sample=True`` gives sample ``b`` the tile ``b`` places further in the cycle's order (every sample
 still visits every tile once per cycle), so one step's gradient covers several image regions. Per-sample
@@ -78,6 +91,50 @@ def _edges(length: int, parts: int, align: int) -> list[int]:
     return edges
 
 
+class _Terms:
+    """The tiles' last terms for one target: per tile index its window, the window of its input gradient and
+    its value (the tile's area-weighted loss), with the target they were computed for."""
+
+    def __init__(self) -> None:
+        self.target: Tensor | None = None
+        self.n = 0
+        self.terms: dict[int, tuple[Box, Tensor, Tensor]] = {}
+
+    def holds(self, target: Tensor, n: int) -> bool:
+        """Whether the kept terms belong to ``target`` (same shape, dtype, device and values) on ``n`` tiles."""
+        kept = self.target
+        return (kept is not None and n == self.n and kept.shape == target.shape and kept.dtype == target.dtype
+                and kept.device == target.device and torch.equal(kept, target.detach()))
+
+    def reset(self, target: Tensor, n: int) -> None:
+        self.target, self.n, self.terms = target.detach().clone(), n, {}
+
+    def put(self, index: int, window: Box, grad: Tensor, value: Tensor) -> None:
+        self.terms[index] = (window, grad, value)
+
+    def sum(self, input: Tensor) -> tuple[Tensor, Tensor]:
+        """``(value, input gradient)`` of the kept terms, scaled by ``n / kept`` until every tile has one."""
+        scale = self.n / len(self.terms)
+        grad = torch.zeros_like(input)
+        value = None
+        for (top, left, bottom, right), g, v in self.terms.values():
+            grad[..., top:bottom, left:right] += g
+            value = v if value is None else value + v
+        return value * scale, grad * scale if scale != 1 else grad
+
+    def state(self) -> dict:
+        return {"target": self.target, "n": self.n,
+                "terms": {i: (list(w), g, v) for i, (w, g, v) in self.terms.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> _Terms:
+        terms = cls()
+        if state:
+            terms.target, terms.n = state["target"], int(state["n"])
+            terms.terms = {int(i): (tuple(w), g, v) for i, (w, g, v) in state["terms"].items()}
+        return terms
+
+
 class TiledLoss(SamplingWrapper):
     r"""Evaluate ``loss`` on one tile of a grid per training step, every tile once per cycle.
 
@@ -95,6 +152,8 @@ class TiledLoss(SamplingWrapper):
         seed: seed of the visiting order (saved in ``state_dict``).
         fit_grid: use fewer tiles along an axis where a tile would be smaller than the backbone's minimum
             input (down to the whole image: then the loss itself), instead of raising (the presets use it).
+        reuse_gradients: add, every step, each other tile's term as last computed for the same target (see
+            the module docstring); for a target that repeats from step to step, e.g. a single-image fit.
 
     Shape:
         - input, target: :math:`(B, C, H, W)`.
@@ -125,6 +184,7 @@ class TiledLoss(SamplingWrapper):
         per_sample: bool = False,
         seed: int = 0,
         fit_grid: bool = False,
+        reuse_gradients: bool = False,
     ) -> None:
         if tiles is not None and tile_size is not None:
             raise ValueError(f"give either `tiles` or `tile_size`, not both (got {tiles!r} and {tile_size!r})")
@@ -136,6 +196,9 @@ class TiledLoss(SamplingWrapper):
             margin = check_int("margin", margin, 0, expected="a non-negative int or 'auto'")
         check_bool("per_sample", per_sample)
         check_bool("fit_grid", fit_grid)
+        check_bool("reuse_gradients", reuse_gradients)
+        if reuse_gradients and per_sample:
+            raise ValueError("`reuse_gradients=True` needs one window per batch: use per_sample=False")
         access = _feature_access(loss)
         if access is None and isinstance(margin, int) and margin > 0:
             raise TypeError(
@@ -151,6 +214,8 @@ class TiledLoss(SamplingWrapper):
         self.margin = margin
         self.per_sample = per_sample
         self.fit_grid = fit_grid
+        self.reuse_gradients = reuse_gradients
+        self._reused = _Terms()
 
     @staticmethod
     def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -256,9 +321,33 @@ class TiledLoss(SamplingWrapper):
         if target is None or target.shape != input.shape:
             got = None if target is None else tuple(target.shape)
             raise ValueError(f"`target` must be a tensor of the input's shape {tuple(input.shape)}, got {got}")
+        plan = self.plan(input.shape[-2], input.shape[-1], input.shape[0])
+        if self.reuse_gradients and torch.is_grad_enabled():
+            return self._with_reused_terms(input, target, plan)
+        return self._tile_value(input, target, plan)
+
+    @torch.compiler.disable
+    def _with_reused_terms(self, input: Tensor, target: Tensor, plan: list[tuple[Box, Box, float]]) -> Tensor:
+        """This step's tile term with its input gradient, plus every other tile's last term (module docstring)."""
+        tile, window, _ = plan[0]
+        n = len(self.tiles_of(input.shape[-2], input.shape[-1]))
+        terms = self._reused
+        if not terms.holds(target, n):
+            terms.reset(target, n)
+        leaf = input.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = self._tile_value(leaf, target, plan)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        top, left, bottom, right = window
+        terms.put(self.tiles_of(input.shape[-2], input.shape[-1]).index(tile), window,
+                  grad[..., top:bottom, left:right] / n, value.detach() / n)  # the tile's term: 1/n of the estimator
+        total, step_grad = terms.sum(input)
+        moved = (input - input.detach()) * step_grad  # zero, with the reused gradient as its own
+        return total + (moved.flatten(1).sum(1) if total.ndim == 1 else moved.sum())
+
+    def _tile_value(self, input: Tensor, target: Tensor, plan: list[tuple[Box, Box, float]]) -> Tensor:
         height, width = input.shape[-2:]
         access = self._features()
-        plan = self.plan(height, width, input.shape[0])
         if access is None:
             tile, _, weight = plan[0]
             self._check_window(tile, getattr(self.innermost(), "min_size", 1))
@@ -294,6 +383,16 @@ class TiledLoss(SamplingWrapper):
             weights = torch.tensor(weights, dtype=per.dtype, device=per.device)
         return reduce_loss(per * weights, loss.reduction)
 
+    def get_extra_state(self) -> dict:
+        state = super().get_extra_state()
+        if self.reuse_gradients:
+            state["reused"] = self._reused.state()
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self._reused = _Terms.from_state(state.get("reused"))
+
     def output_shape(self, input: Tensor, target: Tensor | None) -> torch.Size:
         if self._features() is not None:
             return loss_output_shape(self._features()[0], input, target)
@@ -301,9 +400,10 @@ class TiledLoss(SamplingWrapper):
 
     def summary(self) -> str:
         grid = f"{self.tiles[0]}x{self.tiles[1]}" if self.tiles is not None else f"tile_size={self.tile_size}"
-        return f"{type(self).__name__}({grid}, margin={self.margin}{', per_sample' if self.per_sample else ''})"
+        flags = (", per_sample" if self.per_sample else "") + (", reuse_gradients" if self.reuse_gradients else "")
+        return f"{type(self).__name__}({grid}, margin={self.margin}{flags})"
 
     def extra_repr(self) -> str:
         grid = f"tiles={self.tiles}" if self.tiles is not None else f"tile_size={self.tile_size}"
         return (f"{grid}, margin={self.margin!r}, per_sample={self.per_sample}, seed={self.seed}, "
-                f"fit_grid={self.fit_grid}")
+                f"fit_grid={self.fit_grid}, reuse_gradients={self.reuse_gradients}")

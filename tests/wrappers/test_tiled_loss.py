@@ -319,3 +319,118 @@ def test_fit_grid_around_a_loss_without_feature_maps():
     assert TiledLoss(Coarse(), 3, margin=0, fit_grid=True).grid(9, 12) == (2, 3)
     x, y = torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6)
     assert torch.allclose(sum(run_cycle(loss, x, y, 9)[0]) / 9, nn.L1Loss()(x, y))
+
+
+class TestReusedGradients:
+    """``reuse_gradients=True``: each step one tile's fresh term plus every other tile's last term for the same
+    target (a stochastic average gradient over tiles); the plain estimator where the target changes."""
+
+    def test_a_cycle_on_a_fixed_input_gives_the_full_loss_and_gradient_every_step_after(self):
+        """With a margin covering the receptive field, once every tile has a term the returned value and its
+        gradient are the full image's (the unwrapped loss is the reference), on every later step too."""
+        base = relu1()
+        x, y = images(2, 17, 14)
+        ref_value, ref_grad = full(base, x, y)
+        loss = TiledLoss(base, (2, 3), margin=2, reuse_gradients=True)
+        for step in range(9):
+            value, grad = full(loss, x, y)
+            if step >= 5:  # a term for all 6 tiles
+                torch.testing.assert_close(value, ref_value, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+        assert int(loss.step) == 9 and len(loss._reused.terms) == 6
+
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    def test_first_step_and_changing_targets_are_the_plain_estimator(self, reduction):
+        base = relu1()
+        base.reduction = reduction
+        plain, reused = TiledLoss(base, 3, margin=2, seed=3), TiledLoss(copy.deepcopy(base), 3, margin=2, seed=3,
+                                                                       reuse_gradients=True)
+        for s in range(5):  # a new target every step: nothing is reused
+            x, y = images(2, 12, 12, seed=s)
+            (a, ga), (b, gb) = full(plain, x, y), full(reused, x, y)
+            assert a.shape == b.shape == ((2,) if reduction == "none" else ())
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
+            torch.testing.assert_close(gb, ga, rtol=1e-12, atol=0)
+            assert len(reused._reused.terms) == 1
+
+    def test_the_other_tiles_terms_are_their_last_ones(self):
+        """Step k's gradient is the sum of each tile's gradient at the input it last saw (not the current one)."""
+        base = relu1()
+        _, y = images(1, 12, 12)
+        inputs = [images(1, 12, 12, seed=10 + s)[0] for s in range(6)]
+        loss = TiledLoss(base, 2, margin=2, reuse_gradients=True)
+        plain = TiledLoss(copy.deepcopy(base), 2, margin=2)
+        last = {}
+        for s, x in enumerate(inputs):
+            index = loss.plan(12, 12, 1)[0][0]
+            _, g_plain = full(plain, x, y)  # the same tile, fresh: n * its term's gradient
+            last[index] = g_plain / 4
+            value, grad = full(loss, x, y)
+            expected = sum(last.values()) * (4 / len(last))
+            torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-13)
+            assert value.ndim == 0 and value > 0
+
+    def test_resumed_fit_is_bitwise_the_uninterrupted_one(self):
+        _, y = images(1, 16, 16)
+
+        def fit(model, loss, steps):
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            out = []
+            for _ in range(steps):
+                opt.zero_grad()
+                value = loss(model(y.new_ones(1, 3, 16, 16)), y)
+                value.backward()
+                opt.step()
+                out.append(value.detach())
+            return out
+
+        torch.manual_seed(1)
+        model = nn.Conv2d(3, 3, 3, padding=1).double()
+        ref_model = copy.deepcopy(model)
+        uninterrupted = fit(ref_model, TiledLoss(relu1(), 2, margin=2, seed=4, reuse_gradients=True), 9)
+        first = TiledLoss(relu1(), 2, margin=2, seed=4, reuse_gradients=True)
+        head = fit(model, first, 3)
+        saved = copy.deepcopy(first.state_dict())
+        assert len(saved["_extra_state"]["reused"]["terms"]) == 3
+        resumed = TiledLoss(relu1(), 2, margin=2, reuse_gradients=True)
+        resumed.load_state_dict(saved)
+        tail = fit(model, resumed, 6)
+        assert all(torch.equal(a, b) for a, b in zip(uninterrupted, head + tail, strict=True))
+
+    def test_memory_is_one_gradient_of_windows_and_one_target(self):
+        x, y = images(2, 24, 24)
+        loss = TiledLoss(relu1(), 3, margin=2, reuse_gradients=True)
+        for _ in range(20):
+            full(loss, x, y)
+        terms = loss._reused
+        assert len(terms.terms) == 9 and torch.equal(terms.target, y)
+        held = sum(g.numel() for _, g, _ in terms.terms.values())
+        windows = sum((w[2] - w[0]) * (w[3] - w[1]) for w in (loss.window_of(t, 24, 24) for t in loss.tiles_of(24, 24)))
+        assert held == x.shape[0] * x.shape[1] * windows < 2 * x.numel()
+
+    def test_eval_is_the_full_image_and_per_sample_is_refused(self):
+        base = relu1()
+        x, y = images(1, 12, 12)
+        loss = TiledLoss(base, 2, margin=2, reuse_gradients=True).eval()
+        assert torch.equal(loss(x, y), base(x, y)) and not loss._reused.terms
+        with pytest.raises(ValueError, match=r"`reuse_gradients=True` needs one window per batch: use per_sample=False"):
+            TiledLoss(base, 2, per_sample=True, reuse_gradients=True)
+        with pytest.raises(TypeError, match="`reuse_gradients` must be a bool"):
+            TiledLoss(base, 2, reuse_gradients=1)
+        assert "reuse_gradients" in TiledLoss(base, 2, reuse_gradients=True).summary()
+
+    def test_compiles_and_matches_eager(self):
+        x, y = images(1, 12, 12)
+        runs = []
+        for loss in (TiledLoss(relu1(), 2, margin=2, reuse_gradients=True),
+                     torch.compile(TiledLoss(relu1(), 2, margin=2, reuse_gradients=True), backend="eager")):
+            runs.append(run_cycle(loss, x, y, 6))
+        torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+        torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
+
+    def test_a_cached_target_inside_hits_per_tile(self):
+        x, y = images(1, 12, 12)
+        loss = TiledLoss(CachedTarget(relu1()), 2, margin=2, reuse_gradients=True)
+        run_cycle(loss, x, y, 8)
+        info = loss.loss.cache_info()
+        assert (info["misses"], info["hits"]) == (4, 4)
