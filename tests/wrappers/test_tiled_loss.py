@@ -361,7 +361,7 @@ class TestReusedGradients:
         loss = TiledLoss(base, 2, margin=2, reuse_gradients=True)
         plain = TiledLoss(copy.deepcopy(base), 2, margin=2)
         last = {}
-        for s, x in enumerate(inputs):
+        for x in inputs:
             index = loss.plan(12, 12, 1)[0][0]
             _, g_plain = full(plain, x, y)  # the same tile, fresh: n * its term's gradient
             last[index] = g_plain / 4
