@@ -93,44 +93,45 @@ def _edges(length: int, parts: int, align: int) -> list[int]:
 
 class _Terms:
     """The tiles' last terms for one target: per tile index its window, the window of its input gradient and
-    its value (the tile's area-weighted loss), with the target they were computed for."""
+    its value (the tile's area-weighted loss), with the target they were computed for (its shape fixes the
+    grid, so the terms of one target always belong to one grid)."""
 
     def __init__(self) -> None:
         self.target: Tensor | None = None
-        self.n = 0
         self.terms: dict[int, tuple[Box, Tensor, Tensor]] = {}
 
-    def holds(self, target: Tensor, n: int) -> bool:
-        """Whether the kept terms belong to ``target`` (same shape, dtype, device and values) on ``n`` tiles."""
+    def holds(self, target: Tensor) -> bool:
+        """Whether the kept terms belong to ``target`` (same shape, dtype, device and values)."""
         kept = self.target
-        return (kept is not None and n == self.n and kept.shape == target.shape and kept.dtype == target.dtype
+        return (kept is not None and kept.shape == target.shape and kept.dtype == target.dtype
                 and kept.device == target.device and torch.equal(kept, target.detach()))
 
-    def reset(self, target: Tensor, n: int) -> None:
-        self.target, self.n, self.terms = target.detach().clone(), n, {}
+    def reset(self, target: Tensor) -> None:
+        self.target, self.terms = target.detach().clone(), {}
 
     def put(self, index: int, window: Box, grad: Tensor, value: Tensor) -> None:
         self.terms[index] = (window, grad, value)
 
-    def sum(self, input: Tensor) -> tuple[Tensor, Tensor]:
-        """``(value, input gradient)`` of the kept terms, scaled by ``n / kept`` until every tile has one."""
-        scale = self.n / len(self.terms)
+    def sum(self, input: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """``(value, input gradient)`` of the kept terms of ``n`` tiles, scaled by ``n / kept`` until every tile
+        has one."""
+        scale = n / len(self.terms)
         grad = torch.zeros_like(input)
         value = None
         for (top, left, bottom, right), g, v in self.terms.values():
             grad[..., top:bottom, left:right] += g
             value = v if value is None else value + v
-        return value * scale, grad * scale if scale != 1 else grad
+        return value * scale, grad.mul_(scale)
 
     def state(self) -> dict:
-        return {"target": self.target, "n": self.n,
+        return {"target": self.target,
                 "terms": {i: (list(w), g, v) for i, (w, g, v) in self.terms.items()}}
 
     @classmethod
     def from_state(cls, state: dict | None) -> _Terms:
         terms = cls()
         if state:
-            terms.target, terms.n = state["target"], int(state["n"])
+            terms.target = state["target"]
             terms.terms = {int(i): (tuple(w), g, v) for i, (w, g, v) in state["terms"].items()}
         return terms
 
@@ -330,18 +331,19 @@ class TiledLoss(SamplingWrapper):
     def _with_reused_terms(self, input: Tensor, target: Tensor, plan: list[tuple[Box, Box, float]]) -> Tensor:
         """This step's tile term with its input gradient, plus every other tile's last term (module docstring)."""
         tile, window, _ = plan[0]
-        n = len(self.tiles_of(input.shape[-2], input.shape[-1]))
+        tiles = self.tiles_of(input.shape[-2], input.shape[-1])
+        n = len(tiles)
         terms = self._reused
-        if not terms.holds(target, n):
-            terms.reset(target, n)
+        if not terms.holds(target):
+            terms.reset(target)
         leaf = input.detach().requires_grad_(True)
         with torch.enable_grad():
             value = self._tile_value(leaf, target, plan)
             (grad,) = torch.autograd.grad(value.sum(), leaf)
         top, left, bottom, right = window
-        terms.put(self.tiles_of(input.shape[-2], input.shape[-1]).index(tile), window,
+        terms.put(tiles.index(tile), window,
                   grad[..., top:bottom, left:right] / n, value.detach() / n)  # the tile's term: 1/n of the estimator
-        total, step_grad = terms.sum(input)
+        total, step_grad = terms.sum(input, n)
         moved = (input - input.detach()) * step_grad  # zero, with the reused gradient as its own
         return total + (moved.flatten(1).sum(1) if total.ndim == 1 else moved.sum())
 
