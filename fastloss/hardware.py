@@ -32,7 +32,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["Capabilities", "capabilities", "cpu_model", "machine_info", "normalise"]
+__all__ = ["Capabilities", "capabilities", "cpu_model", "dtype_name", "machine_info", "normalise"]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (records and messages)."""
+    return str(dtype).replace("torch.", "")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class Capabilities:
         return self.device_type
 
     def describe(self) -> str:
-        low = ", ".join(str(d).replace("torch.", "") for d in self.native_dtypes) or "none"
+        low = ", ".join(dtype_name(d) for d in self.native_dtypes) or "none"
         parts = [f"{self.device} ({self.name})", f"native low precision: {low}"]
         if self.cpu_capability:
             parts.append(f"torch CPU capability {self.cpu_capability}")
@@ -104,7 +109,7 @@ class Capabilities:
             "device": self.device,
             "name": self.name,
             "device_class": self.device_class,
-            "native_dtypes": [str(d).replace("torch.", "") for d in self.native_dtypes],
+            "native_dtypes": [dtype_name(d) for d in self.native_dtypes],
             "tf32_conv": self.tf32_conv,
             "tf32_matmul": self.tf32_matmul,
             "cpu_capability": self.cpu_capability,
@@ -186,7 +191,7 @@ def _detect(device: torch.device) -> Capabilities:
             listed.append(torch.bfloat16)
         if _probe("_is_amx_fp16_supported") or "asimdhp" in flags:
             listed.append(torch.float16)
-        measured = tuple((str(d).replace("torch.", ""), round(conv_time_ratio(d), 3)) for d in listed)
+        measured = tuple((dtype_name(d), round(conv_time_ratio(d), 3)) for d in listed)
         native = tuple(d for d, (_, ratio) in zip(listed, measured, strict=True) if ratio < NATIVE_RATIO)
         return Capabilities("cpu", f"{cpu_model()}, {os.cpu_count()} cores", native,
                             cpu_capability=_cpu_capability(), measured=measured)
@@ -253,7 +258,7 @@ def machine_info(device: str = "cpu", threads: int = 1) -> dict:
         "torch_version": torch.__version__,
         "cpu_model": cpu_model(),
         "cpu_capability": cpu.cpu_capability,
-        "cpu_native_low_precision": [str(d).replace("torch.", "") for d in cpu.native_dtypes],
+        "cpu_native_low_precision": [dtype_name(d) for d in cpu.native_dtypes],
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "device": device,
@@ -263,6 +268,6 @@ def machine_info(device: str = "cpu", threads: int = 1) -> dict:
         caps = capabilities(device)
         info["cuda"] = caps.name
         info["cuda_compute_capability"] = list(caps.compute_capability) if caps.compute_capability else None
-        info["cuda_native_low_precision"] = [str(d).replace("torch.", "") for d in caps.native_dtypes]
+        info["cuda_native_low_precision"] = [dtype_name(d) for d in caps.native_dtypes]
         info["tf32"] = {"conv": caps.tf32_conv, "matmul": caps.tf32_matmul}
     return info

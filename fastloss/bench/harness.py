@@ -72,7 +72,7 @@ def emulated_reason(loss: nn.Module, device: torch.device) -> str | None:
         declared = getattr(m, "declared_compute_dtype", None)
         dtype = declared() if callable(declared) else None
         if dtype is not None and not caps.is_native(dtype):
-            return f"{str(dtype).replace('torch.', '')} is emulated on {caps.device} ({caps.name})"
+            return f"{hardware.dtype_name(dtype)} is emulated on {caps.device} ({caps.name})"
     return None
 
 
