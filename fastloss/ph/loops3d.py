@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import scratch
 from ._jit import lowest_bit, njit, prefetch
 from .unionfind import find
 
@@ -52,6 +53,27 @@ IMAGE_CACHE_PER_VOXEL = 8
 # the Kruskal passes prefetch the neighbourhood of the voxel this many steps ahead (its place in the grid is
 # known from porder long before; a mispredicted branch would otherwise stall on each miss in turn)
 AHEAD = 12
+# the place maps (cell_keys' emap, smap: a nibble per place) hold flags above their places: bit FLAGS + l is set
+# by the forests when the cell of place l is a forest cell (one nibble of 15 stays between: the places end there)
+EDGE_FLAGS = 28
+SQUARE_FLAGS = 52
+
+
+def _squares_of() -> np.ndarray:
+    """Per set of a voxel's edges (bit ``g``: the edge of geometric index ``g = 2 a + i``), the set of its
+    squares both of whose edges at the voxel are in it (bit ``4 o + 2 i + j``: the square of normal ``o``
+    spanning edges ``2 u + i`` and ``2 w + j``, ``u < w`` the other axes)."""
+    out = np.zeros(64, np.int64)
+    for mine in range(64):
+        for g in range(12):
+            o = g >> 2
+            u, w = [x for x in range(3) if x != o]
+            if (mine >> (2 * u + ((g >> 1) & 1))) & (mine >> (2 * w + (g & 1))) & 1:
+                out[mine] |= 1 << g
+    return out
+
+
+SQUARES_OF = _squares_of()
 
 
 @njit
@@ -85,6 +107,25 @@ def _square_id(p: int, g: int, size: int, st: np.ndarray) -> int:
 
 
 @njit
+def _sort6(x0, x1, x2, x3, x4, x5):
+    """Six ints in increasing order, in registers and without branches: Batcher's odd-even merge network
+    for 8 inputs with the exchanges that involve the two missing ones dropped (12 exchanges)."""
+    x0, x1 = min(x0, x1), max(x0, x1)
+    x2, x3 = min(x2, x3), max(x2, x3)
+    x4, x5 = min(x4, x5), max(x4, x5)
+    x0, x2 = min(x0, x2), max(x0, x2)
+    x1, x3 = min(x1, x3), max(x1, x3)
+    x1, x2 = min(x1, x2), max(x1, x2)
+    x0, x4 = min(x0, x4), max(x0, x4)
+    x1, x5 = min(x1, x5), max(x1, x5)
+    x2, x4 = min(x2, x4), max(x2, x4)
+    x3, x5 = min(x3, x5), max(x3, x5)
+    x1, x2 = min(x1, x2), max(x1, x2)
+    x3, x4 = min(x3, x4), max(x3, x4)
+    return x0, x1, x2, x3, x4, x5
+
+
+@njit
 def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: np.ndarray, skey: np.ndarray,
               ckey: np.ndarray, emap: np.ndarray, smap: np.ndarray, by_index: bool, lean: bool = False) -> None:
     """Fill ``(ekey, skey, ckey, emap, smap)``: the keys of every edge, square and cube, and the places.
@@ -100,7 +141,9 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     ``by_index``: places by cell index instead (base position, then type), Betti-Matching-3D's order
     for cells of equal value (so that Betti matching reproduces it).
     ``emap[p]`` holds, in nibble ``l``, the geometric index (``2 a + i``: base ``p - i S[a]``) of the
-    edge of place ``l`` at voxel ``p`` (15: none); ``smap[p]`` the same for squares (``4 o + 2 i + j``).
+    edge of place ``l`` at voxel ``p`` (15: none, and in nibble 6 always); ``smap[p]`` the same for squares
+    (``4 o + 2 i + j``; 15 in nibble 12). The bits above (from ``EDGE_FLAGS``, ``SQUARE_FLAGS``) are left clear
+    for :func:`forests`' flags; a padding cell's maps are -1.
     ``lean``: no edge keys (``ekey`` is not touched) and the square keys of normal axis 0 only (``skey`` of
     size ``P``, what the cube keys need); :func:`_edge_key`/:func:`_square_key` recompute any other key from
     the ranks and places where the reduction needs one (the diagram path: a few per hard column).
@@ -113,83 +156,70 @@ def cell_keys(rank: np.ndarray, n: int, sa: int, sb: int, use_min: bool, ekey: n
     skey[:] = big
     sort_key = np.empty(12, np.int64)
     geo = np.empty(12, np.int64)
-    vg = np.empty(6, np.int64)  # the edges at p in geometric order, and their other ends' ranks
-    vx = np.empty(6, np.int64)
+    vx = np.empty(6, np.int64)  # the edges' other ends' ranks, by geometric index
+    inf = np.int64(1) << 62  # after every edge key
     for p in range(size):
         k = rank[p]
         if k >= n:
             emap[p] = -1
             smap[p] = -1
             continue
-        # edges whose critical voxel is p, by the other end's rank
-        ne = 0
-        for g in range(6):  # compacted without branches (whether an edge is p's is a coin toss)
+        # edges whose critical voxel is p, by the other end's rank (ties, padding under "T", by geometric
+        # index): keys (rank << 4 | g) sorted by a network, the other edges' keys after all of them
+        mine = 0  # bit g: edge g is p's
+        for g in range(6):
             a = g >> 1
             x = np.int64(rank[p + st[a] if g & 1 == 0 else p - st[a]])
-            vg[ne] = g
-            vx[ne] = x
-            ne += np.int64((x > k) if use_min else (x < k))
+            vx[g] = x
+            b = np.int64((x > k) if use_min else (x < k))
+            mine |= b << g
+            e = ((p - (g & 1) * st[a]) * 4 + a) if by_index else x
+            sort_key[g] = ((e << 4) | g) if b else inf | 15
+        e0, e1, e2, e3, e4, e5 = _sort6(sort_key[0], sort_key[1], sort_key[2], sort_key[3], sort_key[4], sort_key[5])
+        m = (np.int64(15) << 24) | (e0 & 15) | ((e1 & 15) << 4) | ((e2 & 15) << 8) | ((e3 & 15) << 12) \
+            | ((e4 & 15) << 16) | ((e5 & 15) << 20)  # nibble 15: no edge; the flags above start clear
+        emap[p] = m
+        if not lean:
+            for j in range(6):
+                g = (m >> (4 * j)) & 15
+                if g == 15:
+                    break
+                ekey[_edge_id(p, g, size, st)] = k * 16 + j
+        # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
+        # pass the same test, so only the squares of two of p's edges are candidates (SQUARES_OF[mine]);
+        # by their other corners' ranks (the two highest under "V", sorted down; the two lowest under "T",
+        # sorted up), ties by geometric index
+        cand = SQUARES_OF[mine]
         c = 0
-        for e in range(ne):
-            g = vg[e]
-            x = vx[e]
+        while cand:
+            g = lowest_bit(cand)
+            cand &= cand - 1
+            o = g >> 2
+            u, w = _others(o)
+            iu = (g >> 1) & 1
+            iw = g & 1
+            yd = np.int64(rank[p + (st[u] if iu == 0 else -st[u]) + (st[w] if iw == 0 else -st[w])])
+            if (yd <= k) if use_min else (yd >= k):
+                continue
+            yu = vx[2 * u + iu]
+            yw = vx[2 * w + iw]
+            hi = max(yu, yw)
+            lo = min(yu, yw)
+            if use_min:  # the two lowest, sorted up
+                key = (lo << 31) | min(hi, yd) if yd >= lo else (yd << 31) | lo
+            else:  # the two highest, sorted down
+                key = (hi << 31) | max(lo, yd) if yd <= hi else (yd << 31) | hi
             if by_index:
-                a = g >> 1
-                x = (p - (g & 1) * st[a]) * 4 + a
-            j = c  # insertion: stable, by rank then geometric index
-            while j > 0 and sort_key[j - 1] > x:
+                key = (p - iu * st[u] - iw * st[w]) * 4 + o
+            j = c  # candidates come in geometric order: insertion by key keeps ties in it
+            while j > 0 and sort_key[j - 1] > key:
                 sort_key[j] = sort_key[j - 1]
                 geo[j] = geo[j - 1]
                 j -= 1
-            sort_key[j] = x
+            sort_key[j] = key
             geo[j] = g
             c += 1
-        m = np.int64(-1)
-        for j in range(c):
-            g = geo[j]
-            if not lean:
-                ekey[_edge_id(p, g, size, st)] = k * 16 + j
-            m = (m & ~(np.int64(15) << (4 * j))) | (g << (4 * j))
-        emap[p] = m
-        # squares whose critical voxel is p: two of its edges (on two axes) and the corner opposite p
-        # pass the same test, so only pairs of p's edges are candidates; by their other corners' ranks
-        # (the two highest under "V", sorted down; the two lowest under "T", sorted up), ties by
-        # geometric index
-        c = 0
-        for e1 in range(ne):
-            g1 = vg[e1]
-            for e2 in range(e1 + 1, ne):
-                g2 = vg[e2]
-                if g1 >> 1 == g2 >> 1:
-                    continue
-                u = g1 >> 1  # g1 < g2: u < w
-                w = g2 >> 1
-                iu = g1 & 1
-                iw = g2 & 1
-                o = 3 - u - w
-                g = 4 * o + 2 * iu + iw
-                yu = vx[e1]
-                yw = vx[e2]
-                yd = np.int64(rank[p + (st[u] if iu == 0 else -st[u]) + (st[w] if iw == 0 else -st[w])])
-                if (yd <= k) if use_min else (yd >= k):
-                    continue
-                hi = max(yu, yw)
-                lo = min(yu, yw)
-                if use_min:  # the two lowest, sorted up
-                    key = (lo << 31) | min(hi, yd) if yd >= lo else (yd << 31) | lo
-                else:  # the two highest, sorted down
-                    key = (hi << 31) | max(lo, yd) if yd <= hi else (yd << 31) | hi
-                if by_index:
-                    key = (p - iu * st[u] - iw * st[w]) * 4 + o
-                j = c
-                while j > 0 and (sort_key[j - 1] > key or (sort_key[j - 1] == key and geo[j - 1] > g)):
-                    sort_key[j] = sort_key[j - 1]
-                    geo[j] = geo[j - 1]
-                    j -= 1
-                sort_key[j] = key
-                geo[j] = g
-                c += 1
-        mm = np.int64(-1)
+        mm = (np.int64(1) << SQUARE_FLAGS) - 1  # 15 in every place; the flags above start clear
         for j in range(c):
             g = geo[j]
             if not lean or g >> 2 == 0:  # lean: normal axis 0 only
@@ -228,14 +258,15 @@ def new_keys(fl, use_min: bool, by_index: bool = False, lean: bool = False):
 
 @njit
 def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: np.ndarray, sa: int, sb: int,
-                 increasing: bool, paired: np.ndarray, grid: bool = False):
+                 increasing: bool, paired: np.ndarray, egrid: np.ndarray, grid: bool = False):
     """Kruskal on voxels joined by V-edges: dim 0 of ``"V"`` (``increasing``: at each voxel the edges
     whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
     it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. ``emap``: its
     places by rank (``emap[porder]``: read in filtration order, the loads are sequential). Sets bit ``a``
-    of ``paired[q]`` for every forest edge ``(q, a)``; returns the pairs ``(birth_ranks, death_ranks)``
-    of non-zero persistence. ``grid``: ``emap`` in grid order instead (read at ``porder[k]``, prefetched
-    with the neighbourhood)."""
+    of ``paired[q]`` for every forest edge ``(q, a)``, and bit ``EDGE_FLAGS + l`` of ``egrid[p]`` (the places in
+    grid order) for the forest edge of place ``l`` at its critical voxel ``p``; returns the pairs ``(birth_ranks, death_ranks)`` of non-zero
+    persistence. ``grid``: ``emap`` in grid order instead (read at ``porder[k]``, prefetched with the
+    neighbourhood)."""
     n = porder.size
     st = _strides(sa, sb)
     parent = np.empty(n + 1, np.int32)
@@ -253,18 +284,16 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
             prefetch(rank, q + sa)
             prefetch(rank, q - sa)
             prefetch(paired, q)
-            if grid:
-                prefetch(emap, q)
+            prefetch(egrid, q)
         p = porder[k]
         parent[k] = k
         root = k
         places = emap[p] if grid else emap[k]
-        for t in range(6):
-            g = (places >> (4 * (t if increasing else 5 - t))) & 15
-            if g == 15:
-                if increasing:
-                    break
-                continue
+        c = _count(places)
+        chosen = 0
+        for t in range(c):
+            place = t if increasing else c - 1 - t
+            g = (places >> (4 * place)) & 15
             a = g >> 1
             nb = p + st[a] if g & 1 == 0 else p - st[a]
             r = find(parent, rank[nb])
@@ -278,21 +307,24 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
             parent[young] = root
             base = p if g & 1 == 0 else nb
             paired[base] |= np.uint8(1 << a)
+            chosen |= 1 << place
             if level[young] != level[k]:
                 births[m] = young if increasing else k
                 deaths[m] = k if increasing else young
                 m += 1
+        egrid[p] |= chosen << EDGE_FLAGS
     return births[:m].copy(), deaths[:m].copy()
 
 
 @njit
 def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: np.ndarray, sa: int, sb: int,
-                increasing: bool, paired: np.ndarray, grid: bool = False):
+                increasing: bool, paired: np.ndarray, sgrid: np.ndarray, grid: bool = False):
     """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
     (decreasing; a cube outside the complex is the outside node, the eldest), squares in
     :func:`cell_keys`' order, ``smap`` by rank (``smap[porder]``). Sets bit ``3 + o`` of ``paired[q]`` for
-    every forest square ``(q, o)``;
-    returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid order (as :func:`voxel_forest`)."""
+    every forest square ``(q, o)`` and bit ``SQUARE_FLAGS + l`` of ``sgrid[p]`` for the forest square of place ``l``
+    at its critical voxel ``p``; returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid order (as
+    :func:`voxel_forest`)."""
     n = porder.size
     size = ckey.size
     st = _strides(sa, sb)
@@ -313,16 +345,14 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
             for d in (0, sb, sa, sa + sb):
                 prefetch(node, q - d)
                 prefetch(paired, q - d)
-            if grid:
-                prefetch(smap, q)
+            prefetch(sgrid, q)
         p = porder[k]
         places = smap[p] if grid else smap[k]
-        for t in range(12):
-            g = (places >> (4 * (t if increasing else 11 - t))) & 15
-            if g == 15:
-                if increasing:
-                    break
-                continue
+        c = _count(places)
+        chosen = 0
+        for t in range(c):
+            place = t if increasing else c - 1 - t
+            g = (places >> (4 * place)) & 15
             o = g >> 2
             u, w = _others(o)
             base = p - ((g >> 1) & 1) * st[u] - (g & 1) * st[w]
@@ -338,11 +368,13 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
                 elder, young, kyoung = y, x, kx
             node[young] = elder
             paired[base] |= np.uint8(8 << o)
+            chosen |= 1 << place
             vy = kyoung >> 4
             if level[vy] != level[k]:
                 births[m] = vy if increasing else k
                 deaths[m] = k if increasing else vy
                 m += 1
+        sgrid[p] |= chosen << SQUARE_FLAGS
     return births[:m].copy(), deaths[:m].copy()
 
 
@@ -368,6 +400,15 @@ def _place_of(places: int, g: int) -> int:
     """The place (nibble) holding geometric index ``g`` (< 15, present) in a voxel's places, without a loop:
     the lowest zero nibble of ``places ^ g * ONES`` (a borrow only runs upward from a zero nibble)."""
     x = places ^ (g * ONES)
+    t = (x - ONES) & ~x & (ONES << 3)
+    return lowest_bit(t) >> 2
+
+
+@njit(inline=True)
+def _count(places: int) -> int:
+    """How many cells a voxel's places hold (the places before the first 15 nibble; the top nibbles are 15), without
+    a loop: the lowest zero nibble of ``~places``. The decreasing passes then start at the last cell, not at 15s."""
+    x = ~places
     t = (x - ONES) & ~x & (ONES << 3)
     return lowest_bit(t) >> 2
 
@@ -662,8 +703,8 @@ def _reduce_column(cid: int, columns_are_edges: bool, flip: bool, big: int, size
 
 @njit
 def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndarray, skey: np.ndarray,
-          emap: np.ndarray, smap: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray, sa: int,
-          sb: int, columns_are_edges: bool, lean: bool = False):
+          emap: np.ndarray, smap: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray,
+          own: np.ndarray, sa: int, sb: int, columns_are_edges: bool, lean: bool = False):
     """dim-1 pairs ``(birth_keys, death_keys, stats)`` of non-zero persistence (the keys of the 1-cell and
     the 2-cell; ``key >> 4`` is the critical voxel's rank), by decreasing birth key; ``stats[0]`` counts
     columns that reduced to zero (none in a box; a check), then the columns reduced, entries added,
@@ -671,7 +712,11 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     ``columns_are_edges``: ``"V"`` (columns V-edges, rows the V-squares containing them); else ``"T"``
     (columns V-squares, rows their V-edges). ``emap``/``smap``: the places as :func:`cell_keys` writes
     them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
-    by key, only where ids do not fit beside keys: :func:`_id_bits`). ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
+    by key, only where ids do not fit beside keys: :func:`_id_bits`). ``paired`` and the flag bits of
+    ``emap``/``smap``: the forest cells, by cell and by place at their critical voxels (:func:`forests`).
+    ``own``: scratch of ``3 P`` int32 (overwritten; :func:`fastloss.ph.scratch.take`), per row the column
+    whose pivot it is.
+    ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
     n = porder.size
     size = paired.size
     st = _strides(sa, sb)
@@ -681,7 +726,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     sh = _id_bits(size, big)  # hard columns and heap entries: key << sh | id
     mask = (np.int64(1) << sh) - 1
     use_min = not columns_are_edges  # "T"
-    own = np.full(3 * size, -1, np.int32)  # per row: the column whose pivot it is
+    own[:] = -1  # per row: the column whose pivot it is
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
     ids2 = np.empty(4, np.int64)
@@ -695,75 +740,62 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     # their own critical voxel p (the earliest possible rows), and whether it is apparent is decided
     # there too (the other faces / cofaces of the pivot have earlier keys): places and paired bits
     # only, no key lookups. The others look their rows up (_around).
-    eg = np.empty(6, np.int64)  # per place at p: geometric index, paired
-    ep = np.empty(6, np.bool_)
-    sg = np.empty(12, np.int64)
-    sp = np.empty(12, np.bool_)
-    se1 = np.empty(12, np.int64)  # per square place: its two edges at p (geometric)
-    se2 = np.empty(12, np.int64)
+    eg = np.empty(6, np.int64)  # per edge place at p: geometric index
+    sg = np.empty(12, np.int64)  # per square place at p: geometric index, and its two edges' places
+    s1 = np.empty(12, np.int64)
+    s2 = np.empty(12, np.int64)
     eplace = np.empty(6, np.int64)  # per geometric edge at p: its place (read only for a square's edges at p)
+    rows_of = np.empty(6, np.int64)  # per edge place: the places of the squares at p on it, not forest ones
     for p in range(size):
         k = rank[p]
         if k >= n:
             continue
         places = emap[p]
-        ce = 0
-        for j in range(6):
+        fe = places >> EDGE_FLAGS  # which of p's edges, squares (by place) the forests took: no lookups by cell
+        ce = _count(places)
+        for j in range(ce):
             g = (places >> (4 * j)) & 15
-            if g == 15:
-                break
-            a = g >> 1
             eg[j] = g
-            ep[j] = (paired[p - (g & 1) * st[a]] >> a) & 1 == 1
             eplace[g] = j
-            ce += 1
+            rows_of[j] = 0
         places = smap[p]
-        cs = 0
-        for j in range(12):
+        fs = places >> SQUARE_FLAGS
+        cs = _count(places)
+        for j in range(cs):
             g = (places >> (4 * j)) & 15
-            if g == 15:
-                break
             o = g >> 2
             u, w = _others(o)
-            iu = (g >> 1) & 1
-            iw = g & 1
             sg[j] = g
-            sp[j] = (paired[p - iu * st[u] - iw * st[w]] >> (3 + o)) & 1 == 1
-            se1[j] = 2 * u + iu
-            se2[j] = 2 * w + iw
-            cs += 1
+            e1 = eplace[2 * u + ((g >> 1) & 1)]  # a square at p spans two of p's edges
+            e2 = eplace[2 * w + (g & 1)]
+            s1[j] = e1
+            s2[j] = e2
+            free = ((fs >> j) & 1) ^ 1
+            rows_of[e1] |= free << j
+            rows_of[e2] |= free << j
         for l in range(ce if columns_are_edges else cs):  # noqa: E741 - a place, as in cell_keys
-            if ep[l] if columns_are_edges else sp[l]:
+            if ((fe if columns_are_edges else fs) >> l) & 1:
                 continue  # cleared
             key = np.int64(k) * 16 + l
             local = -1  # the pivot's place at p
             apparent = False
-            if columns_are_edges:  # "V": rows are the squares at p containing the edge
-                g = eg[l]
-                for j in range(cs):
-                    if not sp[j] and (se1[j] == g or se2[j] == g):
-                        local = j
-                        break
-                if local >= 0:
-                    other = eplace[se2[local]] if se1[local] == g else eplace[se1[local]]
-                    apparent = ep[other] or other < l
+            if columns_are_edges:  # "V": rows are the squares at p containing the edge, the first one the pivot
+                if rows_of[l]:
+                    local = lowest_bit(rows_of[l])
+                    other = s1[local] + s2[local] - l
+                    apparent = ((fe >> other) & 1) == 1 or other < l
                     row = _square_id(p, sg[local], size, st)
                     cid = _edge_id(p, eg[l], size, st)
-            else:  # "T": rows are the square's two edges at p
-                l1 = eplace[se1[l]]
-                l2 = eplace[se2[l]]
-                if ep[l1]:
-                    local = -1 if ep[l2] else l2
+            else:  # "T": rows are the square's two edges at p, the earlier free one the pivot
+                l1 = s1[l]
+                l2 = s2[l]
+                if (fe >> l1) & 1:
+                    local = -1 if (fe >> l2) & 1 else l2
                 else:
-                    local = l1 if (ep[l2] or l1 < l2) else l2
+                    local = l1 if ((fe >> l2) & 1 or l1 < l2) else l2
                 if local >= 0:
-                    ge = eg[local]
-                    apparent = True
-                    for j in range(l + 1, cs):
-                        if not sp[j] and (se1[j] == ge or se2[j] == ge):
-                            apparent = False
-                            break
-                    row = _edge_id(p, ge, size, st)
+                    apparent = (rows_of[local] >> (l + 1)) == 0  # no later square at p has that edge
+                    row = _edge_id(p, eg[local], size, st)
                     cid = _square_id(p, sg[l], size, st)
             if local >= 0:
                 if apparent:  # zero persistence: nothing to record but the owner
@@ -866,21 +898,23 @@ def by_rank(emap: np.ndarray, smap: np.ndarray, porder: np.ndarray) -> tuple[np.
 
 
 def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: np.ndarray, paired: np.ndarray,
-            grid: bool = False):
+            emap: np.ndarray, smap: np.ndarray, grid: bool = False):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
-    the forest cells in ``paired``. ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
+    the forest cells in ``paired`` (by cell) and in the flag bits of the places in grid order ``emap``,
+    ``smap`` (by place at their critical voxels: :func:`loops`' scan reads them there). ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
     Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
     would wait on ``porder``). ``grid``: the places in grid order instead (no gathered copy; the passes
     prefetch them ahead)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     if use_min:
-        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired, grid)
-        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired, grid)
+        zero = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, True, paired, smap, grid)
+        two = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, False, paired, emap, grid)
     else:
-        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired, grid)
-        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired, grid)
+        zero = voxel_forest(fl.porder, fl.rank, fl.level, eranked, sa, sb, True, paired, emap, grid)
+        two = cube_forest(fl.porder, fl.level, sranked, ckey, sa, sb, False, paired, smap, grid)
     return zero, two
+
 
 def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
@@ -896,8 +930,10 @@ def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False
     # keys) unless ids do not fit beside keys
     grid = lean and _id_bits(fl.rank.size, 16 * fl.porder.size) > 0
     er, sr = (emap, smap) if grid else by_rank(emap, smap, fl.porder)
-    zero, two = forests(fl, t, ckey, er, sr, paired, grid)
-    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t, lean)
+    zero, two = forests(fl, t, ckey, er, sr, paired, emap, smap, grid)
+    own = scratch.take("own", 3 * fl.rank.size, np.int32)
+    b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, own, sa, sb, not t,
+                        lean)
     if lean:
         ekey = skey = None
     if grid:
@@ -934,7 +970,7 @@ def cell_ids(keys: np.ndarray, edges: bool, porder: np.ndarray, places: np.ndarr
 @njit
 def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray, c_porder: np.ndarray,
                  c_places2: np.ndarray, x_keys1: np.ndarray, x_paired: np.ndarray, x_porder: np.ndarray,
-                 x_places1: np.ndarray, n: int, sa: int, sb: int, squares: bool) -> np.ndarray:
+                 x_places1: np.ndarray, own: np.ndarray, n: int, sa: int, sb: int, squares: bool) -> np.ndarray:
     """Image persistence of a map X in the comparison image C (sublevel sets of X inside C's): per
     2-cell id of C, the 1-cell (id) its column's pivot is in the reduction of C's boundary matrix with
     columns in C's order and rows in X's order (-1: no column). A C bar dying at a 2-cell is induced
@@ -953,7 +989,7 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     size = c_paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    own = np.full(3 * size, -1, np.int32)  # per 1-cell: the column whose pivot it is (see _reduce_column)
+    own[:] = -1  # per 1-cell: the column whose pivot it is (see _reduce_column); scratch of 3 P int32
     out = np.full(3 * size, -1, np.int32)
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -1021,7 +1057,8 @@ def image_of(c: Complex, x: Complex) -> np.ndarray:
     two = (lambda m: m.skey) if sq else (lambda m: m.ekey)
     places1 = x.emap if sq else x.smap
     places2 = c.smap if sq else c.emap
-    return image_pivots(two(c), one(c), c.paired, c.fl.porder, places2, one(x), x.paired, x.fl.porder, places1,
+    own = scratch.take("own", 3 * c.paired.size, np.int32)
+    return image_pivots(two(c), one(c), c.paired, c.fl.porder, places2, one(x), x.paired, x.fl.porder, places1, own,
                         c.fl.porder.size, c.sa, c.sb, sq)
 
 

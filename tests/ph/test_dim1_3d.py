@@ -5,6 +5,8 @@ equals cripser's, both constructions; the loss and its gradient equal the cripse
 Volumes with ties: the same (dim, birth, death) values.
 """
 
+import itertools
+
 import cripser
 import numpy as np
 import pytest
@@ -151,8 +153,10 @@ class TestKernels:
         big = 16 * n
         paired = np.zeros(fl.rank.size, np.uint8)
         er, sr = loops3d.by_rank(emap, smap, fl.porder)
-        loops3d.forests(fl, t, ckey, er, sr, paired)
-        *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, sa, sb, not t)
+        loops3d.forests(fl, t, ckey, er, sr, paired, emap, smap)
+        own = np.empty(3 * fl.rank.size, np.int32)
+        *_, stats = loops3d.loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, own, sa, sb,
+                                  not t)
         bits = np.unpackbits(paired[:, None], axis=1, bitorder="little")
         edge_forest, square_forest = int(bits[:, :3].sum()), int(bits[:, 3:6].sum())
         edges, squares = int((ekey < big).sum()), int((skey < big).sum())
@@ -164,6 +168,72 @@ class TestKernels:
             assert edge_forest == n - 1 and square_forest == cubes
             assert edges - edge_forest == squares - square_forest
         assert stats[0] == 0  # every column found its pivot
+
+    @pytest.mark.parametrize("construction", ["V", "T"])
+    def test_reused_scratch_is_overwritten(self, construction):
+        """The reductions' row-owner table is per-thread scratch: whatever an earlier call left in it (here:
+        poison) does not change the pairs."""
+        from fastloss.ph import scratch
+
+        fl = sort.filtration(np.random.default_rng(5).random((9, 8, 7)))
+        first = loops3d.complex_of(fl, construction, lean=True).dims
+        scratch.take("own", 3 * fl.rank.size, np.int32)[:] = 12345
+        again = loops3d.complex_of(fl, construction, lean=True).dims
+        for d in (0, 1, 2):
+            assert all(np.array_equal(a, b) for a, b in zip(first[d], again[d]))
+        assert len(first[1][0]) > 0
+
+    def test_sort6_network_sorts(self):
+        """cell_keys orders a voxel's edges with a sorting network: it sorts every 0/1 input (so, by the 0-1
+        principle, every input) and random ints with repeats."""
+        for bits in itertools.product((0, 1), repeat=6):
+            assert list(loops3d._sort6(*bits)) == sorted(bits)
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            x = [int(v) for v in rng.integers(-5, 5, 6)]
+            assert list(loops3d._sort6(*x)) == sorted(x)
+
+    def test_squares_of_spans_two_edges(self):
+        """SQUARES_OF[mine] holds the squares whose two edges at the voxel are both in ``mine``: a pair of
+        edges on two axes (one square each), none when the edges are on one axis."""
+        assert loops3d.SQUARES_OF[0b111111] == (1 << 12) - 1
+        assert loops3d.SQUARES_OF[0b000011] == 0  # both edges along axis 0: no square
+        for g1, g2 in itertools.combinations(range(6), 2):
+            count = bin(int(loops3d.SQUARES_OF[(1 << g1) | (1 << g2)])).count("1")
+            assert count == (0 if g1 >> 1 == g2 >> 1 else 1)
+
+    @pytest.mark.parametrize("construction", ["V", "T"])
+    def test_forest_flags_name_the_forest_cells(self, construction):
+        """The flags the forests set above each voxel's places (what the dim-1 scan reads) name exactly the
+        cells they mark in ``paired``, and leave the places themselves as cell_keys wrote them."""
+        f = np.random.default_rng(3).random((7, 5, 6))
+        fl = sort.filtration(f)
+        _, h, w = fl.shape
+        sa, sb = (h + 2) * (w + 2), w + 2
+        t = construction == "T"
+        _, _, ckey, emap, smap = loops3d.new_keys(fl, t)
+        before = emap.copy(), smap.copy()
+        paired = np.zeros(fl.rank.size, np.uint8)
+        er, sr = loops3d.by_rank(emap, smap, fl.porder)
+        loops3d.forests(fl, t, ckey, er, sr, paired, emap, smap)
+        marked = set()
+        for p in np.flatnonzero(fl.rank < fl.porder.size):
+            for maps, flags, cells, typ in ((emap, loops3d.EDGE_FLAGS, 6, "edge"), (smap, loops3d.SQUARE_FLAGS, 12, "sq")):
+                assert maps[p] & ((1 << flags) - 1) == before[typ == "sq"][p]  # the places are untouched
+                for place in range(cells):
+                    if (int(maps[p]) >> (flags + place)) & 1:
+                        g = (int(maps[p]) >> (4 * place)) & 15
+                        assert g != 15  # a flag names a cell that is there
+                        if typ == "edge":
+                            a = g >> 1
+                            marked.add((int(p) - (g & 1) * (sa, sb, 1)[a], a))
+                        else:
+                            o = g >> 2
+                            u, v = [x for x in range(3) if x != o]
+                            base = int(p) - ((g >> 1) & 1) * (sa, sb, 1)[u] - (g & 1) * (sa, sb, 1)[v]
+                            marked.add((base, 3 + o))
+        bits = {(int(q), b) for q in np.flatnonzero(paired) for b in range(6) if (paired[q] >> b) & 1}
+        assert marked == bits and len(bits) > 0
 
 
 class TestLoss:
