@@ -263,10 +263,10 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
     whose highest corner it is) or dim 2 of ``"T"`` (decreasing: the edges whose lowest voxel corner
     it is, the padding being the outside, rank ``n``), edges in :func:`cell_keys`' order. ``emap``: its
     places by rank (``emap[porder]``: read in filtration order, the loads are sequential). Sets bit ``a``
-    of ``paired[q]`` for every forest edge ``(q, a)``, and bit ``EDGE_FLAGS + l`` of ``egrid[p]`` (the places in
-    grid order) for the forest edge of place ``l`` at its critical voxel ``p``; returns the pairs ``(birth_ranks, death_ranks)`` of non-zero
-    persistence. ``grid``: ``emap`` in grid order instead (read at ``porder[k]``, prefetched with the
-    neighbourhood)."""
+    of ``paired[q]`` for every forest edge ``(q, a)``, and bit ``EDGE_FLAGS + l`` of ``egrid[p]`` (the places
+    in grid order) for the forest edge of place ``l`` at its critical voxel ``p``; returns the pairs
+    ``(birth_ranks, death_ranks)`` of non-zero persistence. ``grid``: ``emap`` in grid order instead (read at
+    ``porder[k]``, prefetched with the neighbourhood)."""
     n = porder.size
     st = _strides(sa, sb)
     parent = np.empty(n + 1, np.int32)
@@ -322,9 +322,9 @@ def cube_forest(porder: np.ndarray, level: np.ndarray, smap: np.ndarray, ckey: n
     """Kruskal on V-cubes joined by V-squares: dim 0 of ``"T"`` (``increasing``) or dim 2 of ``"V"``
     (decreasing; a cube outside the complex is the outside node, the eldest), squares in
     :func:`cell_keys`' order, ``smap`` by rank (``smap[porder]``). Sets bit ``3 + o`` of ``paired[q]`` for
-    every forest square ``(q, o)`` and bit ``SQUARE_FLAGS + l`` of ``sgrid[p]`` for the forest square of place ``l``
-    at its critical voxel ``p``; returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid order (as
-    :func:`voxel_forest`)."""
+    every forest square ``(q, o)`` and bit ``SQUARE_FLAGS + l`` of ``sgrid[p]`` for the forest square of place
+    ``l`` at its critical voxel ``p``; returns the pairs of non-zero persistence. ``grid``: ``smap`` in grid
+    order (as :func:`voxel_forest`)."""
     n = porder.size
     size = ckey.size
     st = _strides(sa, sb)
@@ -406,8 +406,9 @@ def _place_of(places: int, g: int) -> int:
 
 @njit(inline=True)
 def _count(places: int) -> int:
-    """How many cells a voxel's places hold (the places before the first 15 nibble; the top nibbles are 15), without
-    a loop: the lowest zero nibble of ``~places``. The decreasing passes then start at the last cell, not at 15s."""
+    """How many cells a voxel's places hold: the places before the first nibble of 15 (nibble 6 of an edge map,
+    12 of a square map, always is), found without a loop as the lowest zero nibble of ``~places``. The
+    decreasing passes then start at the last cell instead of skipping empty places."""
     x = ~places
     t = (x - ONES) & ~x & (ONES << 3)
     return lowest_bit(t) >> 2
@@ -738,7 +739,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     nh = 0
     # apparent pairs: one linear scan over the voxels. Most columns find their pivot among the cells of
     # their own critical voxel p (the earliest possible rows), and whether it is apparent is decided
-    # there too (the other faces / cofaces of the pivot have earlier keys): places and paired bits
+    # there too (the other faces / cofaces of the pivot have earlier keys): places and the forests' flags
     # only, no key lookups. The others look their rows up (_around).
     eg = np.empty(6, np.int64)  # per edge place at p: geometric index
     sg = np.empty(12, np.int64)  # per square place at p: geometric index, and its two edges' places
