@@ -8,9 +8,9 @@
   target, pair for pair the reference's (Betti-Matching-3D); :func:`target_side` is its cacheable part.
 
 One concept per module: ``_jit`` (the numba decorator and its fallbacks), ``scratch`` (per-thread scratch
-arrays the kernels reuse), ``sort`` (the filtration order), ``unionfind``, ``cubical2d``/``cubical3d`` (the kernels), ``loops3d`` (every dim of a 3D map,
-dim 1 by reduction), ``betti`` (masks), ``diagram`` (the
-type and the dispatcher); for Betti matching ``cells`` (the order of a map's cells), ``induced`` (the
+arrays the kernels reuse), ``sort`` (the filtration order), ``unionfind``, ``cubical2d``/``cubical3d`` (the
+kernels), ``loops3d`` (every dim of a 3D map, dim 1 by reduction), ``betti`` (masks), ``diagram`` (the type
+and the dispatcher); for Betti matching ``cells`` (the order of a map's cells), ``induced`` (the
 barcode and induced-matching passes) and ``matching`` (the types and the entry points).
 """
 

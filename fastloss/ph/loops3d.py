@@ -902,10 +902,10 @@ def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: n
             emap: np.ndarray, smap: np.ndarray, grid: bool = False):
     """dims 0 and 2 of a 3D map (``use_min``: "T"), pairs ``(birth_ranks, death_ranks)`` each, marking
     the forest cells in ``paired`` (by cell) and in the flag bits of the places in grid order ``emap``,
-    ``smap`` (by place at their critical voxels: :func:`loops`' scan reads them there). ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the
-    Kruskal passes read them in filtration order (gathered in grid order inside the passes, each load
-    would wait on ``porder``). ``grid``: the places in grid order instead (no gathered copy; the passes
-    prefetch them ahead)."""
+    ``smap`` (by place at their critical voxels: :func:`loops`' scan reads them there).
+    ``eranked``/``sranked``: the places by rank (:func:`by_rank`): the Kruskal passes read them in
+    filtration order (gathered in grid order inside the passes, each load would wait on ``porder``).
+    ``grid``: the places in grid order instead (no gathered copy; the passes prefetch them ahead)."""
     _, h, w = fl.shape
     sa, sb = (h + 2) * (w + 2), w + 2
     if use_min:

@@ -180,7 +180,7 @@ class TestKernels:
         scratch.take("own", 3 * fl.rank.size, np.int32)[:] = 12345
         again = loops3d.complex_of(fl, construction, lean=True).dims
         for d in (0, 1, 2):
-            assert all(np.array_equal(a, b) for a, b in zip(first[d], again[d]))
+            assert all(np.array_equal(a, b) for a, b in zip(first[d], again[d], strict=True))
         assert len(first[1][0]) > 0
 
     def test_sort6_network_sorts(self):
@@ -218,8 +218,9 @@ class TestKernels:
         loops3d.forests(fl, t, ckey, er, sr, paired, emap, smap)
         marked = set()
         for p in np.flatnonzero(fl.rank < fl.porder.size):
-            for maps, flags, cells, typ in ((emap, loops3d.EDGE_FLAGS, 6, "edge"), (smap, loops3d.SQUARE_FLAGS, 12, "sq")):
-                assert maps[p] & ((1 << flags) - 1) == before[typ == "sq"][p]  # the places are untouched
+            for maps, old, flags, cells, typ in ((emap, before[0], loops3d.EDGE_FLAGS, 6, "edge"),
+                                                 (smap, before[1], loops3d.SQUARE_FLAGS, 12, "sq")):
+                assert maps[p] & ((1 << flags) - 1) == old[p]  # the places are untouched
                 for place in range(cells):
                     if (int(maps[p]) >> (flags + place)) & 1:
                         g = (int(maps[p]) >> (4 * place)) & 15
