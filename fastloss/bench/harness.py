@@ -135,7 +135,9 @@ def compare(
         >>> from fastloss.bench import compare, markdown_table, workloads
         >>> wl = workloads.topology_workload(size=16, batch=1, samples=2, epochs=2)
         >>> loss = torch.nn.MSELoss()
-        >>> report = compare(loss, {"every 2": IntervalLoss(loss, every=2)}, wl, rounds=1, min_rounds=1)
+        >>> # drop_factor=None: steps of microseconds, where one slow first step would drop the candidate
+        >>> report = compare(loss, {"every 2": IntervalLoss(loss, every=2)}, wl, rounds=1, min_rounds=1,
+        ...                  drop_factor=None)
         >>> sorted(report.candidates), report.candidates["every 2"].deviation["computed_steps"]
         (['every 2'], 2)
         >>> "| every 2 |" in markdown_table(report)
