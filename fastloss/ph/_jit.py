@@ -45,6 +45,11 @@ def njit(fn: Callable | None = None, *, inline: bool = False) -> Callable:
         return numba.njit(nogil=True, cache=False, **opts)(fn)
 
 
+# the passes in filtration order prefetch what the pixel this many steps ahead will read (its place in the grid
+# is known from porder long before; a mispredicted branch would otherwise stall on each miss in turn)
+AHEAD = 12
+
+
 def _prefetch_intrinsic():
     """``prefetch(a, i)``: a hint to load the cache line of ``a[i]`` (``llvm.prefetch``, read, keep in every
     level); no bounds check and no effect on the result, so any ``i`` near the array is harmless. For the passes

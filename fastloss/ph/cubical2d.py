@@ -35,12 +35,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit, prefetch
+from ._jit import AHEAD, njit, prefetch
 from .unionfind import find
 
-# the passes prefetch the rank grid around the pixel this many steps ahead in filtration order (its place is
-# known from porder long before; without the hint each pass waits on one miss after another on large maps)
-AHEAD = 12
+
+@njit(inline=True)
+def _prefetch_rows(rank: np.ndarray, q: int, s: int) -> None:
+    """Hint the three lines of ``rank`` around padded index ``q`` (its row and the rows above and below; ``s``
+    the padded row length): what the pixel AHEAD steps on will read."""
+    prefetch(rank, q - s)
+    prefetch(rank, q)
+    prefetch(rank, q + s)
 
 
 @njit
@@ -53,11 +58,8 @@ def components(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, w: int, 
     deaths = np.empty(n, np.int32)
     m = 0
     for k in range(n):
-        if k + AHEAD < n:  # the three lines of the rank grid around the pixel AHEAD steps on
-            q = porder[k + AHEAD]
-            prefetch(rank, q - s)
-            prefetch(rank, q)
-            prefetch(rank, q + s)
+        if k + AHEAD < n:
+            _prefetch_rows(rank, porder[k + AHEAD], s)
         p = porder[k]
         parent[k] = k
         # the neighbours' nodes, or k itself for one not there yet (padding has rank n): a select, not
@@ -104,10 +106,7 @@ def _holes(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, w: int, squa
     m = 0
     for k in range(n - 1, -1, -1):
         if k >= AHEAD:
-            q = porder[k - AHEAD]
-            prefetch(rank, q - s)
-            prefetch(rank, q)
-            prefetch(rank, q + s)
+            _prefetch_rows(rank, porder[k - AHEAD], s)
         p = porder[k]
         parent[k] = k
         root = k

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit, prefetch
+from ._jit import AHEAD, njit, prefetch
 from .unionfind import find
 
 
@@ -39,14 +39,10 @@ def _offsets(h: int, w: int, conn26: bool) -> np.ndarray:
     return out
 
 
-# the passes prefetch the rank grid around the voxel this many steps ahead in filtration order (as loops3d's)
-AHEAD = 12
-
-
 @njit(inline=True)
-def _prefetch_block(rank: np.ndarray, q: int, sa: int, sb: int, block: bool) -> None:
+def prefetch_around(rank: np.ndarray, q: int, sa: int, sb: int, block: bool) -> None:
     """Hint the lines of ``rank`` around padded index ``q``: its 3x3x3 block (``block``: 9 lines) or its
-    6-neighbourhood (5 lines; a line holds both neighbours along the last axis)."""
+    6-neighbourhood (5 lines; a line holds both neighbours along the last axis). Also loops3d's voxel forest."""
     prefetch(rank, q)
     prefetch(rank, q + sb)
     prefetch(rank, q - sb)
@@ -72,7 +68,7 @@ def components(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, h: int, 
     m = 0
     for k in range(n):
         if k + AHEAD < n:  # the neighbourhood of the voxel AHEAD steps on (its lines of the rank grid)
-            _prefetch_block(rank, porder[k + AHEAD], sa, sb, conn26)
+            prefetch_around(rank, porder[k + AHEAD], sa, sb, conn26)
         p = porder[k]
         parent[k] = k
         root = k
@@ -113,7 +109,7 @@ def _voids(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, h: int, w: i
     m = 0
     for k in range(n - 1, -1, -1):
         if k >= AHEAD:
-            _prefetch_block(rank, porder[k - AHEAD], sa, sb, cubes)
+            prefetch_around(rank, porder[k - AHEAD], sa, sb, cubes)
         p = porder[k]
         parent[k] = k
         root = k

@@ -42,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import scratch
-from ._jit import lowest_bit, njit, prefetch
+from ._jit import AHEAD, lowest_bit, njit, prefetch
+from .cubical3d import prefetch_around
 from .unionfind import find
 
 # the reduced columns kept for reuse: at most this many entries per voxel (bounded memory; the pool's
@@ -50,9 +51,6 @@ from .unionfind import find
 # voxel the T-construction's cache filled at 64^3 and the rest re-added boundaries (2.3x the entries).
 CACHE_PER_VOXEL = 4
 IMAGE_CACHE_PER_VOXEL = 8
-# the Kruskal passes prefetch the neighbourhood of the voxel this many steps ahead (its place in the grid is
-# known from porder long before; a mispredicted branch would otherwise stall on each miss in turn)
-AHEAD = 12
 # the place maps (cell_keys' emap, smap: a nibble per place) hold flags above their places: bit FLAGS + l is set
 # by the forests when the cell of place l is a forest cell (one nibble of 15 stays between: the places end there)
 EDGE_FLAGS = 28
@@ -278,11 +276,7 @@ def voxel_forest(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, emap: 
         k = step if increasing else n - 1 - step
         if step + AHEAD < n:
             q = porder[k + AHEAD if increasing else k - AHEAD]
-            prefetch(rank, q)
-            prefetch(rank, q + sb)
-            prefetch(rank, q - sb)
-            prefetch(rank, q + sa)
-            prefetch(rank, q - sa)
+            prefetch_around(rank, q, sa, sb, False)
             prefetch(paired, q)
             prefetch(egrid, q)
         p = porder[k]
@@ -715,7 +709,7 @@ def loops(porder: np.ndarray, rank: np.ndarray, level: np.ndarray, ekey: np.ndar
     them (the scan reads them in grid order), ``eranked``/``sranked`` the same by rank (for the lookups
     by key, only where ids do not fit beside keys: :func:`_id_bits`). ``paired`` and the flag bits of
     ``emap``/``smap``: the forest cells, by cell and by place at their critical voxels (:func:`forests`).
-    ``own``: scratch of ``3 P`` int32 (overwritten; :func:`fastloss.ph.scratch.take`), per row the column
+    ``own``: scratch of ``3 P`` int32 (overwritten; :func:`owner_table`), per row the column
     whose pivot it is.
     ``lean``: ``ekey``/``skey`` are not read, the keys are recomputed (:func:`new_keys` ``lean``)."""
     n = porder.size
@@ -917,6 +911,12 @@ def forests(fl, use_min: bool, ckey: np.ndarray, eranked: np.ndarray, sranked: n
     return zero, two
 
 
+def owner_table(size: int) -> np.ndarray:
+    """The reductions' row-owner table for a padded grid of ``size`` cells: this thread's scratch of ``3 size``
+    int32 (:func:`fastloss.ph.scratch.take`; :func:`loops` and :func:`image_pivots` overwrite it)."""
+    return scratch.take("own", 3 * size, np.int32)
+
+
 def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False) -> Complex:
     """Keys, forests and the dim-1 reduction of a 3D map's :class:`~fastloss.ph.sort.Filtration`
     (``by_index``: see :func:`cell_keys`). ``lean``: without the edge and square key arrays and the by-rank
@@ -932,7 +932,7 @@ def complex_of(fl, construction: str, by_index: bool = False, lean: bool = False
     grid = lean and _id_bits(fl.rank.size, 16 * fl.porder.size) > 0
     er, sr = (emap, smap) if grid else by_rank(emap, smap, fl.porder)
     zero, two = forests(fl, t, ckey, er, sr, paired, emap, smap, grid)
-    own = scratch.take("own", 3 * fl.rank.size, np.int32)
+    own = owner_table(fl.rank.size)
     b, d, stats = loops(fl.porder, fl.rank, fl.level, ekey, skey, emap, smap, er, sr, paired, own, sa, sb, not t,
                         lean)
     if lean:
@@ -990,7 +990,7 @@ def image_pivots(c_keys2: np.ndarray, c_keys1: np.ndarray, c_paired: np.ndarray,
     size = c_paired.size
     st = _strides(sa, sb)
     big = np.int64(n) * 16
-    own[:] = -1  # per 1-cell: the column whose pivot it is (see _reduce_column); scratch of 3 P int32
+    own[:] = -1  # per 1-cell: the column whose pivot it is (see _reduce_column); owner_table(P)
     out = np.full(3 * size, -1, np.int32)
     ids = np.empty(4, np.int64)
     keys = np.empty(4, np.int64)
@@ -1058,7 +1058,7 @@ def image_of(c: Complex, x: Complex) -> np.ndarray:
     two = (lambda m: m.skey) if sq else (lambda m: m.ekey)
     places1 = x.emap if sq else x.smap
     places2 = c.smap if sq else c.emap
-    own = scratch.take("own", 3 * c.paired.size, np.int32)
+    own = owner_table(c.paired.size)
     return image_pivots(two(c), one(c), c.paired, c.fl.porder, places2, one(x), x.paired, x.fl.porder, places1, own,
                         c.fl.porder.size, c.sa, c.sb, sq)
 
